@@ -1,0 +1,616 @@
+"""Separation scores for "motion heads": how well latent frames separate in a head's output space.
+
+Each latent frame is treated as a cluster of its ``h*w`` visual attention-output vectors ``o_x``
+(per head, per layer, per denoising step; see METHODS.md, "Motion heads: separation scores").
+Every function here scores **all batch rows and heads at once**, on the tensor's own device.
+
+Input convention (all functions)
+--------------------------------
+``outputs``: floating tensor of shape ``[batch, heads, frames, tokens_per_frame, head_dim]``
+(``B, H, F, T, d``). Cluster ``f`` is ``outputs[b, h, f]`` (``T`` points in ``R^d``), so every
+cluster has the same size ``T`` and there are ``N = F * T`` points per (batch, head). When a
+flattened point index is needed (silhouette sub-sampling) it is frame-major: point ``i`` is
+token ``i % T`` of frame ``i // T``, i.e. row ``i`` of ``outputs[b, h].reshape(F * T, d)``.
+
+Output convention
+-----------------
+A ``float32`` tensor of shape ``[batch, heads]`` on ``outputs.device``. Scores are unit-free
+(ratios of squared distances for CHI/Fisher, of distances for Davies-Bouldin; silhouette is in
+``[-1, 1]``).
+
+Numerics
+--------
+Internally every score is computed in ``compute_dtype``: by default ``float64`` for ``float64``
+input and ``float32`` otherwise (``bfloat16``/``float16`` are never used for accumulation). The
+within-frame sums of squares are *centred* (frame means subtracted before squaring; the global
+mean is subtracted first so a large common offset does not cost precision), and the small
+per-frame statistics are combined in ``float64``. Memory: about one ``compute_dtype`` copy of
+``outputs`` (CHI / Fisher / Davies-Bouldin) and ``(B*H) * chunk_size * sample_size`` distances
+(silhouette).
+
+Scores (``K = F`` clusters, ``n_f`` points in cluster ``f``, ``mu_f`` its mean, ``mu`` the mean of
+all ``N`` points):
+
+* ``tr(B) = sum_f n_f ||mu_f - mu||^2``          (between-frame dispersion)
+* ``tr(W) = sum_f sum_{x in f} ||x - mu_f||^2``   (within-frame dispersion)
+* Calinski-Harabasz  ``CHI = (tr(B) / (F - 1)) / (tr(W) / (N - F))``          higher = better
+* Fisher ratio       ``tr(S_b) / tr(S_w) = tr(B) / tr(W) = CHI * (F-1)/(N-F)``  higher = better
+* Davies-Bouldin     ``mean_i max_{j != i} (s_i + s_j) / ||mu_i - mu_j||``      lower = better
+* Silhouette         mean over (sub-sampled) points of ``(b - a) / max(a, b)``  higher = better
+
+Each agrees with scikit-learn (``calinski_harabasz_score``, ``davies_bouldin_score``,
+``silhouette_score``) applied to one ``(b, h)`` slice, including scikit-learn's conventions for
+degenerate inputs (documented per function).
+
+Streaming: :class:`FrameScatter` accumulates per-frame counts, means and centred sums of squares
+from chunks of tokens (Chan et al.'s parallel update, in ``float64``), can be merged, and
+finalises into CHI and the Fisher ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "calinski_harabasz",
+    "davies_bouldin",
+    "fisher_ratio",
+    "silhouette",
+    "silhouette_sample_indices",
+    "separation_score",
+    "FrameScatter",
+    "SEPARATION_SCORES",
+    "HIGHER_IS_BETTER",
+    "higher_is_better",
+    "DEFAULT_SILHOUETTE_SAMPLE_SIZE",
+]
+
+#: Default number of points the silhouette is computed on (per call, shared by all heads).
+DEFAULT_SILHOUETTE_SAMPLE_SIZE = 2048
+
+SeedLike = Union[int, None, torch.Generator, np.random.Generator, np.random.RandomState]
+
+_SHAPE_DOC = "[batch, heads, frames, tokens_per_frame, head_dim]"
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_outputs(outputs: Any, func: str, *, min_tokens: int = 2) -> tuple[int, int, int, int, int]:
+    """Validate ``outputs`` and return its shape ``(B, H, F, T, d)``."""
+    if not isinstance(outputs, torch.Tensor):
+        raise TypeError(f"{func}: expected `outputs` to be a torch.Tensor of shape {_SHAPE_DOC}, "
+                        f"got {type(outputs).__name__}")
+    if outputs.ndim != 5:
+        raise ValueError(f"{func}: expected `outputs` with 5 dims {_SHAPE_DOC}, got {outputs.ndim} "
+                         f"dims with shape {tuple(outputs.shape)}")
+    if not outputs.is_floating_point():
+        raise TypeError(f"{func}: expected a floating-point `outputs` tensor, got dtype {outputs.dtype}")
+    B, H, F, T, d = outputs.shape
+    if B < 1 or H < 1 or d < 1:
+        raise ValueError(f"{func}: batch, heads and head_dim must be >= 1, got shape "
+                         f"{tuple(outputs.shape)} {_SHAPE_DOC}")
+    if F < 2:
+        raise ValueError(f"{func}: need at least 2 frames (clusters) to score separation, got "
+                         f"frames={F} (shape {tuple(outputs.shape)} {_SHAPE_DOC})")
+    if T < min_tokens:
+        raise ValueError(f"{func}: need at least {min_tokens} tokens per frame, got "
+                         f"tokens_per_frame={T} (shape {tuple(outputs.shape)} {_SHAPE_DOC}); "
+                         f"scikit-learn requires 2 <= n_clusters <= n_points - 1")
+    return B, H, F, T, d
+
+
+def _resolve_compute_dtype(input_dtype: torch.dtype, compute_dtype: torch.dtype | None,
+                           func: str) -> torch.dtype:
+    if compute_dtype is None:
+        return torch.float64 if input_dtype == torch.float64 else torch.float32
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{func}: compute_dtype must be torch.float32 or torch.float64, got {compute_dtype}")
+    return compute_dtype
+
+
+# --------------------------------------------------------------------------------------------
+# per-frame statistics (shared by CHI, Fisher, Davies-Bouldin)
+# --------------------------------------------------------------------------------------------
+
+
+def _frame_statistics(outputs: torch.Tensor, cdtype: torch.dtype, *, with_mean_dist: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-frame means and centred sums of squares of a ``[B, H, F, T, d]`` tensor.
+
+    Returns ``(means [B,H,F,d] float64, m2 [B,H,F] float64, mean_dist [B,H,F] float64 | None)``
+    where ``m2[b,h,f] = sum_t ||x_t - mu_f||^2`` and ``mean_dist[b,h,f] = mean_t ||x_t - mu_f||``.
+    Reductions run in ``cdtype``; the global mean is removed first (shifted data) so a large
+    common offset does not limit the precision of the frame means or their differences.
+    """
+    shift = outputs.mean(dim=(2, 3), keepdim=True, dtype=cdtype)            # [B,H,1,1,d]
+    xc = outputs.to(cdtype) - shift                                          # one cdtype copy
+    rel_means = xc.mean(dim=3, keepdim=True)                                 # [B,H,F,1,d]
+    xc.sub_(rel_means)                                                       # centred per frame
+    norms = torch.linalg.vector_norm(xc, dim=-1)                             # [B,H,F,T]
+    del xc
+    m2 = norms.square().sum(dim=-1).to(torch.float64)                        # [B,H,F]
+    mean_dist = norms.mean(dim=-1).to(torch.float64) if with_mean_dist else None
+    means = shift.squeeze(3).to(torch.float64) + rel_means.squeeze(3).to(torch.float64)
+    return means, m2, mean_dist
+
+
+def _traces(counts: torch.Tensor, means: torch.Tensor, m2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tr(B), tr(W))``, each ``[B, H]`` float64, from per-frame counts ``[F]`` (float64, same
+    device), means ``[B,H,F,d]`` and centred sums of squares ``[B,H,F]`` (float64)."""
+    total = counts.sum()
+    grand = (means * counts[:, None]).sum(dim=-2, keepdim=True) / total     # [B,H,1,d]
+    tr_b = ((means - grand).square().sum(dim=-1) * counts).sum(dim=-1)       # [B,H]
+    tr_w = m2.sum(dim=-1)                                                    # [B,H]
+    return tr_b, tr_w
+
+
+def _chi_from_traces(tr_b: torch.Tensor, tr_w: torch.Tensor, n_points: float, n_frames: int) -> torch.Tensor:
+    # scikit-learn returns 1.0 when the within-cluster dispersion is exactly zero.
+    chi = tr_b * (n_points - n_frames) / (tr_w * (n_frames - 1.0))
+    return torch.where(tr_w == 0, torch.ones_like(chi), chi).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# one-shot scores
+# --------------------------------------------------------------------------------------------
+
+
+def calinski_harabasz(outputs: torch.Tensor, *, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Calinski-Harabasz index of the frame clusters, for every (batch, head).
+
+    ``CHI = (tr(B) / (F - 1)) / (tr(W) / (N - F))`` with ``N = F * T``,
+    ``tr(B) = sum_f T ||mu_f - mu||^2`` and ``tr(W) = sum_f sum_t ||x_{f,t} - mu_f||^2``.
+    Higher = frames more separated. O(N d) work, no pairwise distances.
+
+    Args:
+        outputs: ``[batch, heads, frames, tokens_per_frame, head_dim]`` floating tensor
+            (any float dtype; bf16/fp16 are accumulated in float32). Needs ``frames >= 2`` and
+            ``tokens_per_frame >= 2``.
+        compute_dtype: accumulation dtype (float32 or float64); default float64 for float64
+            input, else float32. Per-frame statistics are always combined in float64.
+
+    Returns:
+        ``[batch, heads]`` float32 tensor on ``outputs.device``. As in scikit-learn, a head
+        whose within-frame dispersion is exactly zero scores ``1.0``.
+    """
+    B, H, F, T, d = _check_outputs(outputs, "calinski_harabasz")
+    cdtype = _resolve_compute_dtype(outputs.dtype, compute_dtype, "calinski_harabasz")
+    means, m2, _ = _frame_statistics(outputs, cdtype)
+    counts = torch.full((F,), float(T), dtype=torch.float64, device=outputs.device)
+    tr_b, tr_w = _traces(counts, means, m2)
+    return _chi_from_traces(tr_b, tr_w, float(F * T), F)
+
+
+def fisher_ratio(outputs: torch.Tensor, *, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Fisher ratio ``tr(S_b) / tr(S_w)`` of the frame clusters, for every (batch, head).
+
+    Exact definition (``n_f = T`` points in frame ``f``, ``mu_f`` frame mean, ``mu`` mean of all
+    ``N = F*T`` points)::
+
+        S_b = sum_f n_f (mu_f - mu)(mu_f - mu)^T                 # cluster-size weighted
+        S_w = sum_f sum_{x in f} (x - mu_f)(x - mu_f)^T          # total within scatter
+        fisher = tr(S_b) / tr(S_w)
+
+    Both scatters are unnormalised sums, so ``fisher = CHI * (F - 1) / (N - F)``: for a fixed
+    frame geometry (same ``F`` and ``T``) it ranks heads exactly like CHI. Higher = better.
+
+    Args:
+        outputs: ``[batch, heads, frames, tokens_per_frame, head_dim]`` floating tensor
+            (``frames >= 2``, ``tokens_per_frame >= 2``).
+        compute_dtype: accumulation dtype, as in :func:`calinski_harabasz`.
+
+    Returns:
+        ``[batch, heads]`` float32 tensor. IEEE semantics when ``tr(S_w) == 0``: ``inf`` if the
+        frame means differ, ``nan`` if all points coincide.
+    """
+    B, H, F, T, d = _check_outputs(outputs, "fisher_ratio")
+    cdtype = _resolve_compute_dtype(outputs.dtype, compute_dtype, "fisher_ratio")
+    means, m2, _ = _frame_statistics(outputs, cdtype)
+    counts = torch.full((F,), float(T), dtype=torch.float64, device=outputs.device)
+    tr_b, tr_w = _traces(counts, means, m2)
+    return (tr_b / tr_w).to(torch.float32)
+
+
+def davies_bouldin(outputs: torch.Tensor, *, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Davies-Bouldin index of the frame clusters, for every (batch, head). Lower = better.
+
+    ``DB = (1/F) sum_i max_{j != i} (s_i + s_j) / ||mu_i - mu_j||`` where
+    ``s_i = mean_t ||x_{i,t} - mu_i||`` is the mean euclidean distance of frame ``i``'s points
+    to its centroid (scikit-learn's definition). O(N d + F^2 d) work.
+
+    Degenerate cases follow ``sklearn.metrics.davies_bouldin_score``: the score is ``0.0`` when
+    all ``s_i`` are ~0 or all centroid distances are ~0 (``|value| <= 1e-8``), and a pair of
+    frames with identical centroids (distance exactly 0) is ignored in the max.
+
+    Args:
+        outputs: ``[batch, heads, frames, tokens_per_frame, head_dim]`` floating tensor
+            (``frames >= 2``, ``tokens_per_frame >= 2``).
+        compute_dtype: accumulation dtype, as in :func:`calinski_harabasz`.
+
+    Returns:
+        ``[batch, heads]`` float32 tensor (unit-free, ``>= 0``).
+    """
+    B, H, F, T, d = _check_outputs(outputs, "davies_bouldin")
+    cdtype = _resolve_compute_dtype(outputs.dtype, compute_dtype, "davies_bouldin")
+    means, _, s = _frame_statistics(outputs, cdtype, with_mean_dist=True)     # float64
+    assert s is not None
+    # Direct (difference-based) distances between the F centroids, in float64: exact zeros on
+    # the diagonal and for coincident centroids.
+    cdist = torch.cdist(means.reshape(B * H, F, d), means.reshape(B * H, F, d),
+                        compute_mode="donot_use_mm_for_euclid_dist").reshape(B, H, F, F)
+    atol = 1e-8  # numpy.isclose(x, 0) default, as used by scikit-learn
+    degenerate = (s.abs() <= atol).all(dim=-1) | (cdist.abs() <= atol).flatten(-2).all(dim=-1)
+    cdist = torch.where(cdist == 0, torch.full_like(cdist, float("inf")), cdist)
+    combined = s[..., :, None] + s[..., None, :]                              # [B,H,F,F]
+    db = (combined / cdist).amax(dim=-1).mean(dim=-1)
+    return torch.where(degenerate, torch.zeros_like(db), db).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# silhouette
+# --------------------------------------------------------------------------------------------
+
+
+def silhouette_sample_indices(num_points: int, sample_size: int | None,
+                              generator_or_seed: SeedLike = 0) -> torch.Tensor:
+    """Indices of a uniform random subsample (without replacement) of ``num_points`` points.
+
+    Args:
+        num_points: ``N = frames * tokens_per_frame``.
+        sample_size: number of points to keep; ``None`` keeps all points in order. Values
+            ``>= num_points`` keep all points (in random order, like scikit-learn).
+        generator_or_seed: an ``int`` or ``None`` (``numpy.random.RandomState(seed)``; ``None``
+            draws fresh entropy), a ``numpy.random.RandomState``/``numpy.random.Generator``, or a
+            ``torch.Generator`` (CPU). With an ``int`` or a ``RandomState`` the subsample is the
+            one ``sklearn.metrics.silhouette_score(..., sample_size=sample_size,
+            random_state=seed)`` draws: ``RandomState(seed).permutation(N)[:sample_size]``.
+
+    Returns:
+        1-D int64 CPU tensor of frame-major point indices in ``[0, num_points)``.
+    """
+    if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) or num_points < 1:
+        raise ValueError(f"silhouette_sample_indices: num_points must be a positive int, got {num_points!r}")
+    num_points = int(num_points)
+    if sample_size is None:
+        return torch.arange(num_points, dtype=torch.int64)
+    if isinstance(sample_size, bool) or not isinstance(sample_size, (int, np.integer)) or sample_size < 1:
+        raise ValueError(f"silhouette_sample_indices: sample_size must be a positive int or None, "
+                         f"got {sample_size!r}")
+    g = generator_or_seed
+    if isinstance(g, torch.Generator):
+        perm = torch.randperm(num_points, generator=g, device=g.device).cpu()
+        return perm[: int(sample_size)].to(torch.int64)
+    if g is None or isinstance(g, (int, np.integer)) and not isinstance(g, bool):
+        g = np.random.RandomState(g)
+    if isinstance(g, (np.random.RandomState, np.random.Generator)):
+        perm = g.permutation(num_points)[: int(sample_size)]
+        return torch.from_numpy(np.ascontiguousarray(perm, dtype=np.int64))
+    raise TypeError(f"silhouette_sample_indices: generator_or_seed must be an int, None, a "
+                    f"torch.Generator or a numpy RandomState/Generator, got {type(generator_or_seed).__name__}")
+
+
+def silhouette(
+    outputs: torch.Tensor,
+    *,
+    sample_size: int | None = DEFAULT_SILHOUETTE_SAMPLE_SIZE,
+    generator_or_seed: SeedLike = 0,
+    sample_indices: torch.Tensor | np.ndarray | Sequence[int] | None = None,
+    chunk_size: int = 256,
+    compute_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Mean euclidean silhouette of the frame clusters on a point subsample, for every (batch, head).
+
+    One subsample of point indices (frame-major, see the module docstring) is drawn per call and
+    shared by every batch row and head. For each (b, h) the result equals
+    ``sklearn.metrics.silhouette_score(X[idx], labels[idx])`` with
+    ``X = outputs[b, h].reshape(F*T, d)`` and ``labels = arange(F).repeat_interleave(T)``:
+    per point ``a`` = mean distance to the other subsampled points of its frame, ``b`` = smallest
+    mean distance to the subsampled points of another frame, ``s = (b - a) / max(a, b)``;
+    ``s = 0`` for a point alone in its frame (and for ``a = b = 0``); frames absent from the
+    subsample play no part. Higher = better, in ``[-1, 1]``.
+
+    Cost O(S^2 d) per head for ``S`` subsampled points; distances are computed directly from
+    differences (no ``|x|^2 + |y|^2 - 2xy`` cancellation) in blocks of ``chunk_size`` query
+    rows, so peak extra memory is about ``B*H*chunk_size*S`` ``compute_dtype`` values.
+
+    Args:
+        outputs: ``[batch, heads, frames, tokens_per_frame, head_dim]`` floating tensor.
+        sample_size: points to subsample (without replacement, uniformly over all ``F*T``
+            points); ``None`` uses all points. Ignored when ``sample_indices`` is given.
+        generator_or_seed: randomness for the subsample; see :func:`silhouette_sample_indices`
+            (an ``int`` reproduces ``silhouette_score(..., sample_size, random_state=seed)``).
+        sample_indices: explicit 1-D integer point indices in ``[0, F*T)`` (repeats allowed, then
+            treated as distinct points exactly as scikit-learn would).
+        chunk_size: query rows per block of pairwise distances.
+        compute_dtype: accumulation dtype, as in :func:`calinski_harabasz`.
+
+    Returns:
+        ``[batch, heads]`` float32 tensor on ``outputs.device``.
+
+    Raises:
+        ValueError: if the subsample covers fewer than 2 frames, or as many frames as points
+            (scikit-learn's ``2 <= n_labels <= n_samples - 1``).
+    """
+    B, H, F, T, d = _check_outputs(outputs, "silhouette", min_tokens=1)
+    cdtype = _resolve_compute_dtype(outputs.dtype, compute_dtype, "silhouette")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"silhouette: chunk_size must be a positive int, got {chunk_size!r}")
+    N = F * T
+    if sample_indices is None:
+        idx = silhouette_sample_indices(N, sample_size, generator_or_seed)
+    else:
+        idx = torch.as_tensor(np.asarray(sample_indices) if not isinstance(sample_indices, torch.Tensor)
+                              else sample_indices).detach().cpu()
+        if idx.ndim != 1 or idx.dtype in (torch.bool,) or idx.is_floating_point() or idx.is_complex():
+            raise ValueError(f"silhouette: sample_indices must be a 1-D integer array, got dtype "
+                             f"{idx.dtype} and shape {tuple(idx.shape)}")
+        idx = idx.to(torch.int64)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= N):
+            raise ValueError(f"silhouette: sample_indices must lie in [0, {N}) (frames*tokens_per_frame = "
+                             f"{F}*{T}), got range [{int(idx.min())}, {int(idx.max())}]")
+    S = int(idx.numel())
+    frame_of = idx // T
+    present, own = torch.unique(frame_of, return_inverse=True)               # own: [S] in [0, K)
+    K = int(present.numel())
+    if not 1 < K < S:
+        raise ValueError(f"silhouette: the subsample of {S} points covers {K} distinct frames; need "
+                         f"2 <= frames <= points - 1 (= {S - 1}). Use a larger sample_size "
+                         f"(frames={F}, tokens_per_frame={T}).")
+    counts = torch.bincount(own, minlength=K).to(cdtype)                     # [K]
+
+    device = outputs.device
+    f_dev, t_dev = frame_of.to(device), (idx % T).to(device)
+    X = outputs[:, :, f_dev, t_dev, :].to(cdtype).reshape(B * H, S, d)       # [BH, S, d]
+    own_dev = own.to(device)
+    counts_dev = counts.to(device)
+    onehot = torch.nn.functional.one_hot(own_dev, K).to(cdtype)              # [S, K]
+    own_counts = counts_dev[own_dev]                                          # [S]
+
+    total = torch.zeros(B * H, dtype=torch.float64, device=device)
+    for start in range(0, S, int(chunk_size)):
+        stop = min(start + int(chunk_size), S)
+        dist = torch.cdist(X[:, start:stop], X, compute_mode="donot_use_mm_for_euclid_dist")  # [BH,c,S]
+        sums = dist @ onehot                                                  # [BH, c, K]
+        lab = own_dev[start:stop].expand(B * H, -1).unsqueeze(-1)            # [BH, c, 1]
+        intra = sums.gather(-1, lab).squeeze(-1)                              # [BH, c]
+        n_own = own_counts[start:stop]
+        a = intra / (n_own - 1).clamp_min(1)
+        inter = (sums / counts_dev).scatter(-1, lab, float("inf"))
+        b = inter.amin(dim=-1)
+        s = (b - a) / torch.maximum(a, b)
+        s = torch.where(n_own > 1, torch.nan_to_num(s, nan=0.0), torch.zeros_like(s))
+        total += s.sum(dim=-1, dtype=torch.float64)
+    return (total / S).reshape(B, H).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# streaming accumulator
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class FrameScatter:
+    """Streaming per-frame statistics for CHI and the Fisher ratio.
+
+    Holds, for every (batch, head, frame): the number of tokens seen, their mean and their centred
+    sum of squares ``m2 = sum_t ||x_t - mean||^2`` (summed over ``head_dim``). Chunks are folded
+    in with Chan et al.'s parallel update (``m2 = m2_a + m2_b + ||mean_b - mean_a||^2 n_a n_b/n``),
+    which is numerically stable (no ``E[x^2] - E[x]^2``). Frames may receive different numbers of
+    tokens; the scores then use the cluster-size-weighted definitions of
+    :func:`calinski_harabasz` / :func:`fisher_ratio` with the actual counts.
+
+    Attributes:
+        counts: ``[frames]`` float64 **CPU** tensor, tokens seen per frame (shared by all heads;
+            kept on the host so validation never synchronises the device).
+        mean: ``[batch, heads, frames, head_dim]`` tensor (``dtype``, default float64).
+        m2: ``[batch, heads, frames]`` tensor (``dtype``).
+
+    Typical use::
+
+        acc = FrameScatter.empty(B, H, F, d, device=x.device)
+        for chunk in token_chunks:                 # chunk: [B, H, F, c, d]
+            acc.update(chunk)
+        acc.update(one_frame_tokens, frames=3)     # [B, H, c, d] tokens of frame 3 only
+        chi = acc.merge(other_acc).calinski_harabasz()   # [B, H] float32
+    """
+
+    counts: torch.Tensor
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def empty(cls, batch: int, heads: int, frames: int, head_dim: int, *,
+              device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> "FrameScatter":
+        """An accumulator that has seen no tokens. ``dtype``: float64 (default) or float32."""
+        for name, v in (("batch", batch), ("heads", heads), ("frames", frames), ("head_dim", head_dim)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"FrameScatter.empty: {name} must be a positive int, got {v!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"FrameScatter.empty: dtype must be torch.float32 or torch.float64, got {dtype}")
+        return cls(
+            counts=torch.zeros(frames, dtype=torch.float64),
+            mean=torch.zeros(batch, heads, frames, head_dim, dtype=dtype, device=device),
+            m2=torch.zeros(batch, heads, frames, dtype=dtype, device=device),
+        )
+
+    @classmethod
+    def from_outputs(cls, outputs: torch.Tensor, *, dtype: torch.dtype = torch.float64,
+                     compute_dtype: torch.dtype | None = None) -> "FrameScatter":
+        """Statistics of a full ``[B, H, F, T, d]`` tensor (``T >= 1``), as one chunk."""
+        B, H, F, T, d = _check_outputs(outputs, "FrameScatter.from_outputs", min_tokens=1)
+        acc = cls.empty(B, H, F, d, device=outputs.device, dtype=dtype)
+        return acc.update(outputs, compute_dtype=compute_dtype)
+
+    # -- shape helpers -------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """``(batch, heads, frames, head_dim)``."""
+        B, H, F, d = self.mean.shape
+        return B, H, F, d
+
+    def _frame_index(self, frames: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
+        F = self.shape[2]
+        idx = torch.as_tensor(frames).detach().cpu().reshape(-1)
+        if idx.is_floating_point() or idx.dtype == torch.bool:
+            raise ValueError(f"FrameScatter.update: frames must be integers, got dtype {idx.dtype}")
+        idx = idx.to(torch.int64)
+        if idx.numel() == 0:
+            raise ValueError("FrameScatter.update: frames is empty")
+        if int(idx.min()) < -F or int(idx.max()) >= F:
+            raise ValueError(f"FrameScatter.update: frame indices must lie in [0, {F}), got {idx.tolist()}")
+        idx = idx % F
+        if torch.unique(idx).numel() != idx.numel():
+            raise ValueError(f"FrameScatter.update: frame indices must be distinct, got {idx.tolist()}")
+        return idx
+
+    # -- accumulation --------------------------------------------------------------------------
+    def update(self, chunk: torch.Tensor, frames: int | Sequence[int] | torch.Tensor | None = None, *,
+               compute_dtype: torch.dtype | None = None) -> "FrameScatter":
+        """Fold a chunk of tokens into the statistics (in place); returns ``self``.
+
+        Args:
+            chunk: ``[B, H, F', c, d]`` -- ``c`` more tokens for each of ``F'`` frames; with
+                ``frames=None`` ``F'`` must equal the accumulator's ``F`` (all frames, in order).
+                With an ``int`` ``frames``, ``chunk`` may also be ``[B, H, c, d]``.
+            frames: which frames the chunk's frame axis refers to (distinct indices), or ``None``.
+            compute_dtype: dtype for the chunk's own reductions; default is the accumulator's
+                dtype (float64), which casts the chunk -- pass float32 to save memory on big
+                chunks (the merge itself always runs in the accumulator's dtype).
+        """
+        if not isinstance(chunk, torch.Tensor) or not chunk.is_floating_point():
+            raise TypeError(f"FrameScatter.update: chunk must be a floating torch.Tensor, got "
+                            f"{type(chunk).__name__}{'' if not isinstance(chunk, torch.Tensor) else ' ' + str(chunk.dtype)}")
+        B, H, F, d = self.shape
+        if isinstance(frames, (int, np.integer)) and not isinstance(frames, bool) and chunk.ndim == 4:
+            chunk = chunk.unsqueeze(2)
+        if chunk.ndim != 5:
+            raise ValueError(f"FrameScatter.update: expected chunk [batch, heads, frames, tokens, head_dim] "
+                             f"(or [batch, heads, tokens, head_dim] with an int `frames`), got shape "
+                             f"{tuple(chunk.shape)}")
+        fidx = torch.arange(F) if frames is None else self._frame_index(frames)
+        expected = (B, H, int(fidx.numel()), d)
+        got = (chunk.shape[0], chunk.shape[1], chunk.shape[2], chunk.shape[4])
+        if got != expected:
+            raise ValueError(f"FrameScatter.update: chunk shape {tuple(chunk.shape)} does not match "
+                             f"(batch, heads, frames, *, head_dim) = ({B}, {H}, {expected[2]}, *, {d})")
+        c = chunk.shape[3]
+        if c == 0:
+            return self
+        sdtype = self.mean.dtype
+        cdtype = sdtype if compute_dtype is None else _resolve_compute_dtype(chunk.dtype, compute_dtype,
+                                                                              "FrameScatter.update")
+        shift = chunk.mean(dim=(2, 3), keepdim=True, dtype=cdtype)
+        xc = chunk.to(device=self.mean.device, dtype=cdtype) - shift.to(self.mean.device)
+        rel = xc.mean(dim=3, keepdim=True)
+        xc.sub_(rel)
+        m2_b = torch.linalg.vector_norm(xc, dim=-1).square().sum(dim=-1).to(sdtype)   # [B,H,F']
+        del xc
+        mean_b = (shift.to(self.mean.device, sdtype) + rel.to(sdtype)).squeeze(3)      # [B,H,F',d]
+        n_b = torch.full((fidx.numel(),), float(c), dtype=torch.float64)
+        self._merge_into(fidx, n_b, mean_b, m2_b)
+        return self
+
+    def _merge_into(self, fidx: torch.Tensor, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        n_a = self.counts[fidx]
+        n = n_a + n_b
+        dev, sdtype = self.mean.device, self.mean.dtype
+        w_b = (n_b / n.clamp_min(1.0)).to(dev, sdtype)                      # [F']
+        w_ab = (n_a * n_b / n.clamp_min(1.0)).to(dev, sdtype)               # [F']
+        fdev = fidx.to(dev)
+        mean_a = self.mean.index_select(2, fdev)
+        m2_a = self.m2.index_select(2, fdev)
+        delta = mean_b - mean_a
+        self.mean.index_copy_(2, fdev, mean_a + delta * w_b[:, None])
+        self.m2.index_copy_(2, fdev, m2_a + m2_b + delta.square().sum(dim=-1) * w_ab)
+        self.counts[fidx] = n
+
+    def merge(self, other: "FrameScatter") -> "FrameScatter":
+        """A new accumulator holding the statistics of both (``self`` and ``other`` unchanged)."""
+        if not isinstance(other, FrameScatter):
+            raise TypeError(f"FrameScatter.merge: expected a FrameScatter, got {type(other).__name__}")
+        if other.shape != self.shape:
+            raise ValueError(f"FrameScatter.merge: shapes differ (batch, heads, frames, head_dim): "
+                             f"{self.shape} vs {other.shape}")
+        out = FrameScatter(self.counts.clone(), self.mean.clone(), self.m2.clone())
+        F = self.shape[2]
+        out._merge_into(torch.arange(F), other.counts.clone(),
+                        other.mean.to(out.mean.device, out.mean.dtype),
+                        other.m2.to(out.m2.device, out.m2.dtype))
+        return out
+
+    # -- finalisation --------------------------------------------------------------------------
+    def _check_ready(self, func: str) -> None:
+        F = self.shape[2]
+        empty = (self.counts == 0).nonzero().reshape(-1).tolist()
+        if empty:
+            raise ValueError(f"FrameScatter.{func}: frames {empty} have no tokens; every one of the "
+                             f"{F} frames needs at least one")
+        total = float(self.counts.sum())
+        if not total > F:
+            raise ValueError(f"FrameScatter.{func}: need more tokens than frames (N > F), got "
+                             f"N={int(total)}, F={F}")
+
+    def traces(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tr(S_b), tr(S_w))``, each ``[batch, heads]`` float64 (cluster-size-weighted between
+        scatter and total within scatter; see :func:`fisher_ratio`)."""
+        self._check_ready("traces")
+        counts = self.counts.to(self.mean.device)
+        return _traces(counts, self.mean.to(torch.float64), self.m2.to(torch.float64))
+
+    def calinski_harabasz(self) -> torch.Tensor:
+        """CHI from the accumulated statistics: ``[batch, heads]`` float32."""
+        self._check_ready("calinski_harabasz")
+        tr_b, tr_w = self.traces()
+        return _chi_from_traces(tr_b, tr_w, float(self.counts.sum()), self.shape[2])
+
+    def fisher_ratio(self) -> torch.Tensor:
+        """``tr(S_b) / tr(S_w)`` from the accumulated statistics: ``[batch, heads]`` float32."""
+        tr_b, tr_w = self.traces()
+        return (tr_b / tr_w).to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------------
+
+#: Score name -> function ``(outputs [B,H,F,T,d], **kwargs) -> [B,H] float32``.
+SEPARATION_SCORES: Mapping[str, Callable[..., torch.Tensor]] = MappingProxyType({
+    "chi": calinski_harabasz,
+    "davies_bouldin": davies_bouldin,
+    "silhouette": silhouette,
+    "fisher": fisher_ratio,
+})
+
+#: Score name -> whether a larger value means better-separated frames (Davies-Bouldin: False).
+HIGHER_IS_BETTER: Mapping[str, bool] = MappingProxyType({
+    "chi": True,
+    "davies_bouldin": False,
+    "silhouette": True,
+    "fisher": True,
+})
+#: Alias of :data:`HIGHER_IS_BETTER`.
+higher_is_better = HIGHER_IS_BETTER
+
+
+def separation_score(outputs: torch.Tensor, name: str = "chi", **kwargs: Any) -> torch.Tensor:
+    """Dispatch to ``SEPARATION_SCORES[name](outputs, **kwargs)``; ``[batch, heads]`` float32.
+
+    To rank heads "best first" regardless of the score, negate when
+    ``not HIGHER_IS_BETTER[name]``.
+    """
+    try:
+        fn = SEPARATION_SCORES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"separation_score: unknown score {name!r}; expected one of "
+                         f"{sorted(SEPARATION_SCORES)}") from None
+    return fn(outputs, **kwargs)

@@ -1,0 +1,33 @@
+"""vidinterp: see where and when a video diffusion transformer represents a concept.
+
+>>> import vidinterp
+>>> trace = vidinterp.trace(pipe, video="clip.mp4", concepts=["dog", "walking"])
+>>> trace.maps            # xarray.Dataset (concept, frame, y, x), one variable per method
+"""
+
+from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.layout import TokenLayout
+from vidinterp.registry import adapter_classes, adapter_for, analysis_classes
+from vidinterp.results import Trace
+from vidinterp.sites import SiteGraph, SiteSpec, SiteVisit
+from vidinterp.trace import default_analyses, hooked, list_sites, load_pipeline, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "trace",
+    "hooked",
+    "list_sites",
+    "load_pipeline",
+    "default_analyses",
+    "Trace",
+    "Analysis",
+    "TraceContext",
+    "TokenLayout",
+    "SiteGraph",
+    "SiteSpec",
+    "SiteVisit",
+    "adapter_for",
+    "adapter_classes",
+    "analysis_classes",
+]

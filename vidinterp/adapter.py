@@ -1,0 +1,205 @@
+"""The adapter protocol: everything model-specific that the core needs.
+
+One adapter file per model family (``vidinterp/adapters/<family>.py``) subclasses
+:class:`Adapter`, decorates it with :func:`~vidinterp.registry.register_adapter`, and must pass
+the adapter conformance suite in ``tests/test_adapter_conformance.py`` unchanged.
+"""
+
+from __future__ import annotations
+
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from vidinterp.layout import TokenLayout
+from vidinterp.runtime import Runtime
+from vidinterp.sites import SiteProcessor, SiteSpec
+
+__all__ = ["Adapter", "ConceptTokens", "ConceptReduction", "word_pieces", "reduce_concept_rows"]
+
+ConceptReduction = Literal["first", "mean"]
+CONCEPT_REDUCTIONS = ("first", "mean")
+
+
+@dataclass
+class ConceptTokens:
+    """Concepts encoded by the model's text encoder, one vector per concept.
+
+    Attributes:
+        names: concept names, in order.
+        embeddings: ``[C, text_dim]`` text-encoder outputs (before the transformer's own text
+            projection), one row per concept after the sub-token reduction.
+        pieces: the tokenizer's pieces of each concept (without special tokens).
+        reduction: ``"first"`` (first sub-token, reference parity) or ``"mean"``.
+        extras: model-specific companions (e.g. pooled embeddings).
+    """
+
+    names: list[str]
+    embeddings: torch.Tensor
+    pieces: list[list[str]]
+    reduction: ConceptReduction
+    extras: dict[str, Any] | None = None
+
+
+def word_pieces(tokenizer, text: str) -> tuple[list[int], list[str]]:
+    """Token ids and pieces of ``text`` without special tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return list(ids), tokenizer.convert_ids_to_tokens(list(ids))
+
+
+def reduce_concept_rows(
+    hidden: torch.Tensor, positions: list[list[int]], names: list[str], pieces: list[list[str]],
+    reduction: ConceptReduction,
+) -> torch.Tensor:
+    """Reduce each concept's sub-token rows to one vector.
+
+    Args:
+        hidden: ``[C, tokens, dim]`` encoder outputs, row ``c`` encoding concept ``c``.
+        positions: token positions of each concept's sub-tokens in its row.
+        reduction: ``"first"`` keeps the first sub-token, ``"mean"`` averages all of them.
+
+    Returns:
+        ``[C, dim]``. Warns once per concept that splits into several tokens, naming the
+        reduction applied.
+    """
+    if reduction not in CONCEPT_REDUCTIONS:
+        raise ValueError(f"concept reduction must be one of {CONCEPT_REDUCTIONS}, got {reduction!r}")
+    rows = []
+    for index, (name, places, parts) in enumerate(zip(names, positions, pieces)):
+        if not places:
+            raise ValueError(f"concept {name!r} encodes to no tokens; give a non-empty word")
+        if len(places) > 1:
+            how = "the first sub-token" if reduction == "first" else "the mean of its sub-tokens"
+            warnings.warn(
+                f"concept {name!r} splits into {len(places)} tokens {parts}; using {how} "
+                f"(concept_reduction={reduction!r})",
+                stacklevel=3,
+            )
+        chosen = places[:1] if reduction == "first" else places
+        rows.append(hidden[index, chosen].float().mean(dim=0).to(hidden.dtype))
+    return torch.stack(rows)
+
+
+class Adapter(ABC):
+    """Model-family knowledge for one diffusers pipeline.
+
+    Subclasses set the class attributes and implement the abstract methods. Geometry
+    (frames, grid, text length, heads, token order, CFG rows) must be derived from the config
+    and the actual inputs, never hard-coded.
+    """
+
+    #: registry key, e.g. ``"cogvideox"``.
+    family: ClassVar[str]
+    #: class names of the transformers this adapter handles.
+    transformer_class_names: ClassVar[tuple[str, ...]]
+    #: renoising default: start at this fraction of the schedule (reference per family).
+    default_renoise_fraction: ClassVar[float] = 0.6
+    #: whether concepts run through a concept stream (False: concepts are prompt words).
+    has_concept_stream: ClassVar[bool] = True
+
+    def __init__(self, pipe) -> None:
+        self.pipe = pipe
+        self.transformer: nn.Module = pipe.transformer
+
+    @classmethod
+    def supports(cls, transformer: nn.Module) -> bool:
+        return type(transformer).__name__ in cls.transformer_class_names
+
+    # ---------------------------------------------------------------- sites
+    @abstractmethod
+    def site_specs(self) -> list[SiteSpec]:
+        """Every site of the transformer, in execution order."""
+
+    def attention_module(self, spec: SiteSpec) -> nn.Module:
+        return self.transformer.get_submodule(spec.module_path)
+
+    @abstractmethod
+    def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
+        """A processor reproducing ``original`` exactly, with hook points."""
+
+    @abstractmethod
+    def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
+        """Module hooks announcing each call's layout to ``runtime`` (and running the concept
+        stream's block-level updates). Returned handles are removed when the trace ends."""
+
+    # ---------------------------------------------------------------- text
+    @abstractmethod
+    def encode_concepts(self, concepts: list[str], reduction: ConceptReduction) -> ConceptTokens:
+        """Encode concept words with the pipeline's own text encoder."""
+
+    @abstractmethod
+    def concept_state(self, concepts: ConceptTokens, prompt: str | None) -> Any:
+        """The per-trace concept-stream state handed to :class:`Runtime` (``concept_state``)."""
+
+    # ---------------------------------------------------------------- geometry
+    @abstractmethod
+    def default_geometry(self) -> tuple[int, int, int]:
+        """``(num_frames, height, width)`` in pixels that the config was built for."""
+
+    @abstractmethod
+    def check_geometry(self, num_frames: int, height: int, width: int) -> None:
+        """Raise ``ValueError`` naming the expected values if the pixel geometry is invalid."""
+
+    @abstractmethod
+    def layout_for(self, num_frames: int, height: int, width: int, batch: int = 1) -> TokenLayout:
+        """Token layout of a call on a video of the given pixel geometry (no CFG)."""
+
+    # ---------------------------------------------------------------- running
+    @abstractmethod
+    def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict[str, Any]:
+        """Extra keyword arguments for ``pipe(...)`` generating that geometry."""
+
+    @abstractmethod
+    def encode_video(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """VAE-encode ``video`` (``[frames, 3, height, width]`` in ``[-1, 1]``) to the latents
+        the transformer denoises, with the pipeline's latent scaling, batch of one."""
+
+    @abstractmethod
+    def denoiser(
+        self, prompt: str, latents: torch.Tensor, guidance_scale: float, negative_prompt: str | None
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A function ``(latents, timestep) -> model output`` calling the transformer as the
+        pipeline does (prompt encoded once; CFG combined when ``guidance_scale > 1``)."""
+
+    def timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        """The scheduler's timesteps for a schedule of ``num_inference_steps`` steps."""
+        self.pipe.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        return self.pipe.scheduler.timesteps.clone()
+
+    def cfg_batched(self, guidance_scale: float) -> bool:
+        """Whether the pipeline batches CFG branches in one call (unconditional rows first)
+        at this guidance scale."""
+        return guidance_scale > 1.0
+
+    def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Noise clean ``latents`` to ``timestep`` with the pipeline's scheduler."""
+        scheduler = self.pipe.scheduler
+        if hasattr(scheduler, "add_noise"):
+            return scheduler.add_noise(latents, noise, timestep.reshape(1))
+        return scheduler.scale_noise(latents, timestep.reshape(1), noise)
+
+    def scheduler_step(self, model_output: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        return self.pipe.scheduler.step(model_output, timestep, latents, return_dict=False)[0]
+
+    @classmethod
+    @abstractmethod
+    def tiny_pipeline(cls, **overrides: Any):
+        """A complete tiny pipeline from the real diffusers classes, offline, random weights."""
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.transformer.parameters()).dtype
+
+    @property
+    def model_name(self) -> str:
+        return str(getattr(self.transformer.config, "_name_or_path", "") or self.family)

@@ -1,0 +1,77 @@
+"""Token layout of one attention call: which token ranges are visual, prompt and concept.
+
+Every site tensor has the layout ``[batch, heads, tokens, head_dim]``. The *joint* sequence of a
+site (``hook_q``, ``hook_k``, ``hook_v``, ``hook_z``) holds the model's own tokens in the model's
+order (CogVideoX: prompt then visual; HunyuanVideo: visual then prompt). Concept tokens never
+enter that sequence: they live in the separate concept stream (``hook_concept_*``), whose batch
+holds only the conditional rows (``TokenLayout.conditional_rows``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["TokenLayout"]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Geometry of the tokens of one transformer call.
+
+    Attributes:
+        frames: latent frames ``F`` after temporal patching (tokens along time).
+        height: visual token rows ``h`` per latent frame.
+        width: visual token columns ``w`` per latent frame.
+        visual: slice of the visual tokens (``F * h * w`` of them, frame-major, then row, then
+            column) in the joint sequence.
+        prompt: slice of the prompt tokens in the joint sequence (empty for sites that hold only
+            visual tokens, e.g. self-attention of a cross-attention DiT).
+        concepts: number of concept tokens ``C`` in the concept stream (0 when none).
+        batch: batch size of the call.
+        conditional_rows: rows of the batch that belong to the conditional CFG branch.
+        prompt_mask: optional ``[batch, prompt_tokens]`` bool, True where a prompt token is real
+            (not padding); ``None`` when the model attends to every prompt slot.
+        pixel_frames_per_latent: temporal compression of the VAE times temporal patch size.
+        pixels_per_token: ``(y, x)`` pixel size of one visual token cell.
+    """
+
+    frames: int
+    height: int
+    width: int
+    visual: slice
+    prompt: slice
+    concepts: int
+    batch: int
+    conditional_rows: slice
+    prompt_mask: torch.Tensor | None = None
+    pixel_frames_per_latent: int = 1
+    pixels_per_token: tuple[int, int] = (1, 1)
+
+    @property
+    def visual_tokens(self) -> int:
+        """Number of visual tokens ``P = F * h * w``."""
+        return self.frames * self.height * self.width
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Number of prompt-token slots ``T`` (padding included)."""
+        return self.prompt.stop - self.prompt.start
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.height * self.width
+
+    @property
+    def conditional_batch(self) -> int:
+        return len(range(self.batch)[self.conditional_rows])
+
+    def __post_init__(self) -> None:
+        expected = self.frames * self.height * self.width
+        given = self.visual.stop - self.visual.start
+        if given != expected:
+            raise ValueError(
+                f"visual token range holds {given} tokens, expected F*h*w = "
+                f"{self.frames}*{self.height}*{self.width} = {expected}"
+            )
