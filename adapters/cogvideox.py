@@ -192,7 +192,8 @@ class CogVideoXAdapter(Adapter):
             latents = _argument(module, args, kwargs, "hidden_states")
             prompt = _argument(module, args, kwargs, "encoder_hidden_states")
             batch, latent_frames, _, latent_height, latent_width = latents.shape
-            layout = self._layout(batch, latent_frames, latent_height, latent_width, prompt.shape[1], runtime.cfg_batched)
+            layout = self._layout(batch, latent_frames, latent_height, latent_width, prompt.shape[1],
+                                  runtime.cfg_batched, runtime.pixel_frames)
             runtime.begin_call(layout, conditional=True)
             if runtime.concepts_active:
                 runtime.concept_state.start(layout.conditional_batch, prompt)
@@ -263,16 +264,16 @@ class CogVideoXAdapter(Adapter):
         problems = []
         if num_frames < 1 or (num_frames - 1) % k:
             problems.append(f"num_frames must be {k}*n + 1 (e.g. {k * ((max(num_frames, 1) - 1) // k) + 1}), got {num_frames}")
-        patch_t = self.transformer.config.patch_size_t
-        if patch_t and not problems and ((num_frames - 1) // k + 1) % patch_t:
-            latent = (num_frames - 1) // k + 1
-            problems.append(
-                f"num_frames must give a latent frame count divisible by patch_size_t={patch_t}; "
-                f"{num_frames} frames give {latent} latent frames (e.g. use {k * (latent + patch_t - latent % patch_t - 1) + 1})"
-            )
+        config = self.transformer.config
+        native = {"height": config.sample_height * self.spatial_compression,
+                  "width": config.sample_width * self.spatial_compression}
         for name, size in (("height", height), ("width", width)):
             if size < cell or size % cell:
                 problems.append(f"{name} must be a positive multiple of {cell} pixels, got {size}")
+            elif config.use_learned_positional_embeddings and size != native[name]:
+                problems.append(f"{name} must be {native[name]} (learned positional embeddings), got {size}")
+            elif config.patch_size_t and config.use_rotary_positional_embeddings and size > native[name]:
+                problems.append(f"{name} must be at most {native[name]} (1.5 rotary grid), got {size}")
         if problems:
             default = self.default_geometry()
             raise ValueError(
@@ -280,8 +281,26 @@ class CogVideoXAdapter(Adapter):
                 + f" (this model's native geometry: {default[0]} frames at {default[1]}x{default[2]})"
             )
 
+    def _latent_frames(self, pixel_frames: int) -> tuple[int, int]:
+        """``(latent frames, leading padding)``: 1.5 models pad the latent frame count up to a
+        multiple of ``patch_size_t`` with leading frames, as the pipeline does."""
+        latent = (pixel_frames - 1) // self.temporal_compression + 1
+        patch_t = self.transformer.config.patch_size_t or 1
+        padding = (patch_t - latent % patch_t) % patch_t
+        return latent + padding, padding
+
+    def _frame_spans(self, token_frames: int, pixel_frames: int | None) -> tuple[tuple[int, int], ...]:
+        k = self.temporal_compression
+        patch_t = self.transformer.config.patch_size_t or 1
+        padding = 0 if pixel_frames is None else self._latent_frames(pixel_frames)[1]
+        spans = []
+        for frame in range(token_frames):
+            latents = [max(latent - padding, 0) for latent in range(frame * patch_t, (frame + 1) * patch_t)]
+            spans.append((max(k * latents[0] - k + 1, 0), k * latents[-1]))
+        return tuple(spans)
+
     def _layout(self, batch: int, latent_frames: int, latent_height: int, latent_width: int,
-                text_length: int, cfg_batched: bool) -> TokenLayout:
+                text_length: int, cfg_batched: bool, pixel_frames: int | None) -> TokenLayout:
         patch = self.transformer.config.patch_size
         patch_t = self.transformer.config.patch_size_t or 1
         frames, height, width = latent_frames // patch_t, latent_height // patch, latent_width // patch
@@ -295,16 +314,16 @@ class CogVideoXAdapter(Adapter):
             concepts=0,
             batch=batch,
             conditional_rows=slice(batch // 2, batch) if cfg_batched else slice(0, batch),
-            pixel_frames_per_latent=self.temporal_compression * patch_t,
+            frame_spans=self._frame_spans(frames, pixel_frames),
             pixels_per_token=(cell, cell),
         )
 
     def layout_for(self, num_frames: int, height: int, width: int, batch: int = 1) -> TokenLayout:
         self.check_geometry(num_frames, height, width)
-        latent_frames = (num_frames - 1) // self.temporal_compression + 1
+        latent_frames, _ = self._latent_frames(num_frames)
         return self._layout(
             batch, latent_frames, height // self.spatial_compression, width // self.spatial_compression,
-            self.max_text_length, cfg_batched=False,
+            self.max_text_length, cfg_batched=False, pixel_frames=num_frames,
         )
 
     # ---------------------------------------------------------------- running
@@ -325,7 +344,10 @@ class CogVideoXAdapter(Adapter):
         vae = self.pipe.vae
         pixels = video.to(device=vae.device, dtype=vae.dtype).permute(1, 0, 2, 3).unsqueeze(0)
         latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
-        return latents.permute(0, 2, 1, 3, 4).to(self.dtype)
+        latents = latents.permute(0, 2, 1, 3, 4).to(self.dtype)
+        _, padding = self._latent_frames(video.shape[0])
+        # 1.5: lead with copies of the first latent frame, as many as the pipeline pads.
+        return torch.cat([latents[:, :1]] * padding + [latents], dim=1)
 
     def denoiser(self, prompt: str, latents: torch.Tensor, guidance_scale: float,
                  negative_prompt: str | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -385,6 +407,10 @@ class CogVideoXAdapter(Adapter):
 
     # ---------------------------------------------------------------- tiny pipelines
     TINY_VARIANTS = ("2b", "5b", "1.5", "i2v")
+
+    @classmethod
+    def tiny_variants(cls) -> dict[str, dict[str, Any]]:
+        return {variant: {"variant": variant} for variant in cls.TINY_VARIANTS}
 
     @classmethod
     def tiny_pipeline(cls, variant: str = "5b", num_layers: int = 2, seed: int = 0, **overrides: Any):

@@ -55,13 +55,11 @@ class TraceContext:
 
 def map_coords(layout: TokenLayout, concepts: list[str]) -> dict[str, Any]:
     """Coordinates of a ``(concept, frame, y, x)`` map: concept names, latent frame index with
-    the first/last pixel frame it covers, and token-cell rows/columns with their pixel centres."""
+    the first/last pixel frame it covers (inclusive), and token-cell rows/columns with their
+    pixel centres."""
     frames = np.arange(layout.frames)
-    span = layout.pixel_frames_per_latent
-    # Causal video VAEs (CogVideoX, Hunyuan, Wan) keep pixel frame 0 as latent frame 0 and pack
-    # `span` pixel frames into every later latent frame: f >= 1 covers span*f-span+1 .. span*f.
-    first = np.where(frames == 0, 0, span * frames - span + 1)
-    last = span * frames
+    spans = np.array(layout.frame_spans if layout.frame_spans else [(f, f) for f in frames]).reshape(-1, 2)
+    first, last = spans[:, 0], spans[:, 1]
     cell_y, cell_x = layout.pixels_per_token
     return {
         "concept": list(concepts),

@@ -33,7 +33,8 @@ class TokenLayout:
         conditional_rows: rows of the batch that belong to the conditional CFG branch.
         prompt_mask: optional ``[batch, prompt_tokens]`` bool, True where a prompt token is real
             (not padding); ``None`` when the model attends to every prompt slot.
-        pixel_frames_per_latent: temporal compression of the VAE times temporal patch size.
+        frame_spans: ``(first, last)`` pixel-frame index covered by each latent token frame
+            (inclusive); empty when unknown.
         pixels_per_token: ``(y, x)`` pixel size of one visual token cell.
     """
 
@@ -46,7 +47,7 @@ class TokenLayout:
     batch: int
     conditional_rows: slice
     prompt_mask: torch.Tensor | None = None
-    pixel_frames_per_latent: int = 1
+    frame_spans: tuple[tuple[int, int], ...] = ()
     pixels_per_token: tuple[int, int] = (1, 1)
 
     @property

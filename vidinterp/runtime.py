@@ -45,6 +45,8 @@ class Runtime:
         self.layout: TokenLayout | None = None
         self.active = False
         self.visited_steps: list[int] = []
+        #: pixel frames of the video being generated or renoised (``None``: unknown).
+        self.pixel_frames: int | None = None
         #: whether the driver batches CFG branches into one call (unconditional rows first).
         self.cfg_batched = False
 

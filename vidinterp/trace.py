@@ -170,6 +170,7 @@ def trace(
     resample: bool = False,
     concept_reduction: ConceptReduction = "first",
     hooks: dict[str, Callable] | None = None,
+    pipeline_kwargs: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
     seed: int = 0,
 ) -> Trace:
@@ -194,6 +195,8 @@ def trace(
         concept_reduction: ``"first"`` sub-token (reference) or ``"mean"`` of sub-tokens.
         hooks: ``{hook name: torch forward hook}`` registered on hook points for the run
             (e.g. ``{"blocks.3.attn.hook_z": ablate}``), removed afterwards.
+        pipeline_kwargs: extra inputs for ``pipe(...)`` in generation mode (e.g. ``image=`` for
+            image-to-video pipelines).
         on_step: called with the step index after each denoising step.
         seed: seeds the noise.
 
@@ -259,7 +262,7 @@ def trace(
         with torch.no_grad():
             if mode == "generation":
                 frames = _generate(adapter, runtime, prompt, negative_prompt, guidance, num_inference_steps,
-                                   num_frames, height, width, generator, on_step)
+                                   (num_frames, height, width), generator, on_step, pipeline_kwargs or {})
             else:
                 frames = _prepare_video(adapter, video, num_frames, height, width, resample)
                 _renoise(adapter, runtime, frames, prompt or "", negative_prompt, guidance, timesteps,
@@ -290,11 +293,11 @@ def trace(
 
 
 def _generate(adapter: Adapter, runtime: Runtime, prompt: str, negative_prompt: str | None, guidance: float,
-              num_inference_steps: int, num_frames, height, width, generator, on_step) -> np.ndarray:
+              num_inference_steps: int, geometry: tuple, generator, on_step, pipeline_kwargs: dict) -> np.ndarray:
     pipe = adapter.pipe
-    default = adapter.default_geometry()
-    geometry = (num_frames or default[0], height or default[1], width or default[2])
+    geometry = tuple(given or default for given, default in zip(geometry, adapter.default_geometry()))
     kwargs = adapter.generation_kwargs(*geometry)
+    runtime.pixel_frames = geometry[0]
     runtime.set_step(0)
     runtime.set_timestep_from(lambda: pipe.scheduler.timesteps)
 
@@ -314,6 +317,7 @@ def _generate(adapter: Adapter, runtime: Runtime, prompt: str, negative_prompt: 
         callback_on_step_end=step_end,
         callback_on_step_end_tensor_inputs=[],
         **kwargs,
+        **pipeline_kwargs,
     )
     frames = output.frames[0] if hasattr(output, "frames") else output.images
     return np.round(np.clip(np.asarray(frames), 0, 1) * 255).astype(np.uint8)
@@ -321,6 +325,7 @@ def _generate(adapter: Adapter, runtime: Runtime, prompt: str, negative_prompt: 
 
 def _renoise(adapter: Adapter, runtime: Runtime, frames: np.ndarray, prompt: str, negative_prompt: str | None,
              guidance: float, timesteps: torch.Tensor, run_steps: list[int], generator, on_step) -> None:
+    runtime.pixel_frames = len(frames)
     latents = adapter.encode_video(to_model_pixels(frames), generator)
     noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(latents.device, latents.dtype)
     timesteps = timesteps.to(latents.device)
