@@ -14,7 +14,7 @@ import torch
 
 from vidinterp.registry import adapter_class
 
-__all__ = ["tiny_pipeline", "word_tokenizer", "tiny_t5_encoder", "TINY_VOCABULARY"]
+__all__ = ["tiny_pipeline", "word_tokenizer", "tiny_t5_encoder", "random_visit", "TINY_VOCABULARY"]
 
 #: Words the tiny tokenizers know as whole tokens. Words outside it split into pieces
 #: (``walking`` -> ``walk`` ``##ing``), which tests use for multi-token concepts.
@@ -87,3 +87,41 @@ def tiny_pipeline(family: str = "cogvideox", **overrides: Any):
     random weights, built offline. Keyword arguments go to the adapter's builder (e.g.
     ``variant="2b"`` for CogVideoX)."""
     return adapter_class(family).tiny_pipeline(**overrides)
+
+
+def random_visit(
+    *,
+    batch: int = 1,
+    heads: int = 3,
+    head_dim: int = 8,
+    frames: int = 3,
+    height: int = 4,
+    width: int = 5,
+    prompt_tokens: int = 6,
+    concepts: int = 2,
+    step: int = 0,
+    layer: int = 0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
+    """A :class:`~vidinterp.sites.SiteVisit` of a joint-attention site filled with random
+    tensors (prompt tokens first, then ``frames*height*width`` visual tokens), for testing
+    analyses without a model."""
+    from vidinterp.layout import TokenLayout
+    from vidinterp.sites import SiteSpec, SiteVisit
+
+    generator = torch.Generator().manual_seed(seed)
+    visual = frames * height * width
+    tokens = prompt_tokens + visual
+    layout = TokenLayout(
+        frames=frames, height=height, width=width, visual=slice(prompt_tokens, tokens),
+        prompt=slice(0, prompt_tokens), concepts=concepts, batch=batch, conditional_rows=slice(0, batch),
+        frame_spans=tuple((f, f) for f in range(frames)), pixels_per_token=(8, 8),
+    )
+    joint = {name: torch.randn(batch, heads, tokens, head_dim, generator=generator).to(dtype) for name in "qkvz"}
+    concept = {name: torch.randn(batch, heads, concepts, head_dim, generator=generator).to(dtype) for name in "qkvz"}
+    parts = {"visual": layout.visual, "prompt": layout.prompt}
+    spec = SiteSpec(name=f"blocks.{layer}.attn", layer=layer, module_path=f"blocks.{layer}", heads=heads,
+                    head_dim=head_dim, kind="joint", concept_stream=True)
+    return SiteVisit(site=spec, step=step, timestep=float(1000 - step), layout=layout, tensors=joint,
+                     parts={name: parts for name in "qkvz"}, concept_tensors=concept)

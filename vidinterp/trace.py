@@ -283,8 +283,12 @@ def trace(
     grouped: dict[str, list[xr.Dataset]] = {group: [] for group in GROUPS}
     for analysis in analyses:
         result = analysis.result()
-        result.attrs = {**attrs, **{f"{analysis.name}.{k}": v for k, v in analysis.settings().items()}}
-        grouped[analysis.group].append(result)
+        settings = {**attrs, **{f"{analysis.name}.{k}": v for k, v in analysis.settings().items()}}
+        for name, variable in result.data_vars.items():
+            # a variable may name its own group (e.g. the heads a map method selected)
+            part = result[[name]]
+            part.attrs = settings
+            grouped[variable.attrs.get("group", analysis.group)].append(part)
     datasets = {
         group: xr.merge(parts, combine_attrs="drop_conflicts", compat="override") if parts else xr.Dataset()
         for group, parts in grouped.items()

@@ -1,0 +1,224 @@
+"""DTMC lambda2 layer scoring and the layer selector built on it.
+
+Each head's joint attention matrix ``A = softmax(q k^T / sqrt(d))`` over all tokens (visual +
+prompt) is the transition matrix of a Markov chain; ``|lambda2|``, the modulus of its second
+eigenvalue, scores the head, and a layer scores the mean over its heads (METHODS.md "Layer
+selection"). ``A`` is never formed: ``A v`` is an attention call with ``v`` as values, so a
+Krylov method needs only attention passes (:mod:`vidinterp.analyses.spectral`).
+
+Scores are a per-model calibration: :func:`calibrate_layers` computes them over a few prompts
+and steps and stores them as JSON; :class:`Lambda2Layers` reads them (or the reference layer
+lists of the published models) to select layers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+import numpy as np
+import torch
+import xarray as xr
+
+from vidinterp.analyses._grid import step_layer_grid
+from vidinterp.analyses.spectral import second_eigenvalue_magnitude
+from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.registry import register_analysis
+from vidinterp.selectors import LayerSelector
+from vidinterp.sites import SiteVisit
+
+__all__ = [
+    "Lambda2",
+    "Lambda2Layers",
+    "REFERENCE_LAYERS",
+    "DEFAULT_THRESHOLDS",
+    "calibrate_layers",
+    "save_layer_scores",
+    "load_layer_scores",
+    "calibration_path",
+]
+
+#: Layer lists used by the official scripts (METHODS.md), by model id.
+REFERENCE_LAYERS: dict[str, list[int]] = {
+    "THUDM/CogVideoX-2b": [4, 6, 7, *range(10, 24)],
+    "THUDM/CogVideoX-5b": [*range(1, 6), *range(7, 22), 23],
+    "hunyuanvideo-community/HunyuanVideo": [1, 2, 4, 5, 6, 9, 10, 13, *range(15, 20)],
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": list(range(5, 20)),
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers": list(range(5, 26)),
+}
+#: Thresholds of the paper, by family.
+DEFAULT_THRESHOLDS = {"cogvideox": 0.7, "hunyuan_video": 0.75}
+
+
+@register_analysis
+class Lambda2(Analysis):
+    """``lambda2`` ``(step, layer, head)`` and its layer score ``lambda2_layer`` ``(layer)`` (mean
+    over heads and steps).
+
+    Args:
+        method: ``"krylov"`` (matrix-free, default) or ``"dense"`` (forms ``A``; small sizes).
+        solver_options: passed to :func:`~vidinterp.analyses.spectral.second_eigenvalue_magnitude`.
+    """
+
+    name = "lambda2"
+    group = "layers"
+    requires = (("q", "visual"), ("k", "visual"))
+    site_kinds = ("joint", "self")
+
+    def __init__(self, *, method: Literal["krylov", "dense"] = "krylov", steps=None, layers=None, **solver_options) -> None:
+        super().__init__(steps=steps, layers=layers)
+        self.method, self.solver_options = method, solver_options
+
+    def reset(self) -> None:
+        self.records: dict[tuple[int, int], torch.Tensor] = {}
+        self.attention_passes = 0
+
+    def update(self, visit: SiteVisit) -> None:
+        rows = visit.layout.conditional_rows
+        query, key = visit.tensors["q"][rows], visit.tensors["k"][rows]
+        mask = None
+        if visit.site.kind == "joint" and visit.layout.prompt_mask is not None:
+            mask = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+            mask[:, visit.layout.prompt] = visit.layout.prompt_mask[rows].to(key.device, torch.bool)
+        values, info = second_eigenvalue_magnitude(
+            query, key, key_padding_mask=mask, method=self.method, return_info=True, **self.solver_options
+        )
+        self.attention_passes += int(info.attention_passes)
+        self.records[(visit.step, visit.layer)] = values.float().mean(dim=0).cpu()
+
+    def merge(self, other: "Lambda2") -> "Lambda2":
+        self.records.update(other.records)
+        self.attention_passes += other.attention_passes
+        self.layout = self.layout or other.layout
+        return self
+
+    def result(self) -> xr.Dataset:
+        self._require_visits()
+        grid, steps, layers = step_layer_grid(self.records, fill=float("nan"))
+        per_head = xr.DataArray(
+            grid, dims=("step", "layer", "head"),
+            coords={"step": steps, "layer": layers, "head": list(range(grid.shape[-1]))},
+        )
+        return xr.Dataset({"lambda2": per_head, "lambda2_layer": per_head.mean(dim=("step", "head"))})
+
+    def settings(self) -> dict:
+        return {**super().settings(), "solver": self.method, "attention_passes": self.attention_passes}
+
+    def layer_scores(self) -> dict[int, float]:
+        """``{layer: mean |lambda2| over heads and steps}``."""
+        scores = self.result()["lambda2_layer"]
+        return {int(layer): float(value) for layer, value in zip(scores.layer.values, scores.values)}
+
+
+def calibration_path(model: str, directory: str | os.PathLike | None = None) -> Path:
+    """Where the layer scores of ``model`` are stored (``$VIDINTERP_CACHE`` or
+    ``~/.cache/vidinterp``, then ``calibration/<model>.json``)."""
+    root = Path(directory or os.environ.get("VIDINTERP_CACHE", Path.home() / ".cache" / "vidinterp"))
+    return root / "calibration" / (re.sub(r"[^A-Za-z0-9._-]+", "--", model) + ".json")
+
+
+def save_layer_scores(scores: dict[int, float], model: str, path: str | os.PathLike | None = None, **provenance: Any) -> Path:
+    """Write ``{layer: score}`` for ``model`` as JSON (default: :func:`calibration_path`)."""
+    target = Path(path) if path is not None else calibration_path(model)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model, "method": "lambda2", "scores": {str(k): float(v) for k, v in sorted(scores.items())}, **provenance}
+    target.write_text(json.dumps(payload, indent=2))
+    return target
+
+
+def load_layer_scores(source: str | os.PathLike) -> dict[int, float]:
+    """Read ``{layer: score}`` from a JSON file written by :func:`save_layer_scores`."""
+    payload = json.loads(Path(source).read_text())
+    if "scores" not in payload:
+        raise ValueError(f"{source} is not a layer-score file: it has no 'scores' entry")
+    return {int(layer): float(score) for layer, score in payload["scores"].items()}
+
+
+def calibrate_layers(model: Any, prompts: Iterable[str], *, num_inference_steps: int = 50,
+                     steps: Iterable[int] | None = None, path: str | os.PathLike | None = None,
+                     **trace_options: Any) -> dict[int, float]:
+    """Compute and store lambda2 layer scores of ``model`` over ``prompts`` (generation mode,
+    analysed ``steps``). Returns ``{layer: score}``; the JSON goes to ``path`` or the model's
+    :func:`calibration_path`, where :class:`Lambda2Layers` finds it."""
+    from vidinterp.trace import load_pipeline, trace
+
+    pipe = load_pipeline(model)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("calibrate_layers needs at least one prompt")
+    total = Lambda2()
+    for prompt in prompts:
+        analysis = Lambda2()
+        result = trace(pipe, prompt=prompt, concepts=[prompt.split()[0]], analyses=[analysis],
+                       num_inference_steps=num_inference_steps, steps=steps, **trace_options)
+        total.merge(analysis)
+        model_name = result.attrs["model"]
+    scores = total.layer_scores()
+    save_layer_scores(scores, model_name, path, prompts=prompts, num_inference_steps=num_inference_steps,
+                      attention_passes=total.attention_passes)
+    return scores
+
+
+class Lambda2Layers(LayerSelector):
+    """Layers whose lambda2 layer score exceeds ``threshold``.
+
+    Scores come from, in order: ``scores`` (a ``{layer: score}`` dict or a JSON path), the
+    trace context's calibration, the stored calibration of the model (:func:`calibration_path`).
+    Without scores, the model's reference layer list (:data:`REFERENCE_LAYERS`) is used, and
+    otherwise ``fallback``: ``"all"`` layers or ``"error"``.
+    """
+
+    def __init__(self, threshold: float | None = None, *, scores: dict[int, float] | str | os.PathLike | None = None,
+                 fallback: Literal["all", "error"] = "error") -> None:
+        if fallback not in ("all", "error"):
+            raise ValueError(f"fallback must be 'all' or 'error', got {fallback!r}")
+        self.threshold, self.scores, self.fallback = threshold, scores, fallback
+        self.source = "unbound"
+        self.layers: list[int] | None = None
+
+    def bind(self, context: TraceContext) -> None:
+        super().bind(context)
+        scores, self.source = self._find_scores(context)
+        threshold = self.threshold if self.threshold is not None else self._default_threshold(context.model)
+        if scores is not None:
+            self.layers = sorted(layer for layer, score in scores.items() if score > threshold)
+        elif context.model in REFERENCE_LAYERS:
+            self.layers, self.source = REFERENCE_LAYERS[context.model], f"reference list of {context.model}"
+        elif self.fallback == "all":
+            self.layers, self.source = None, "no calibration: all layers"
+        else:
+            raise ValueError(
+                f"no lambda2 layer scores for model {context.model!r}: run "
+                f"vidinterp.analyses.lambda2.calibrate_layers(pipe, prompts) or pass scores=...; "
+                f"reference lists exist for {sorted(REFERENCE_LAYERS)}"
+            )
+
+    def _find_scores(self, context: TraceContext) -> tuple[dict[int, float] | None, str]:
+        if isinstance(self.scores, dict):
+            return {int(k): float(v) for k, v in self.scores.items()}, "given scores"
+        if self.scores is not None:
+            return load_layer_scores(self.scores), str(self.scores)
+        if "lambda2" in context.calibration:
+            return context.calibration["lambda2"], "trace calibration"
+        stored = calibration_path(context.model) if context.model else None
+        if stored is not None and stored.is_file():
+            return load_layer_scores(stored), str(stored)
+        return None, ""
+
+    @staticmethod
+    def _default_threshold(model: str) -> float:
+        lowered = model.lower()
+        for family, threshold in DEFAULT_THRESHOLDS.items():
+            if family.replace("_", "") in lowered.replace("_", "").replace("-", ""):
+                return threshold
+        return 0.7
+
+    def selects(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
+
+    def __repr__(self) -> str:
+        chosen = "all" if self.layers is None else self.layers
+        return f"Lambda2Layers(threshold={self.threshold}, layers={chosen}, source={self.source!r})"
