@@ -83,11 +83,11 @@ class Lambda2(Analysis):
         if visit.site.kind == "joint" and visit.layout.prompt_mask is not None:
             mask = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
             mask[:, visit.layout.prompt] = visit.layout.prompt_mask[rows].to(key.device, torch.bool)
-        values, info = second_eigenvalue_magnitude(
+        estimate = second_eigenvalue_magnitude(
             query, key, key_padding_mask=mask, method=self.method, return_info=True, **self.solver_options
         )
-        self.attention_passes += int(info.attention_passes)
-        self.records[(visit.step, visit.layer)] = values.float().mean(dim=0).cpu()
+        self.attention_passes += int(estimate.attention_passes)
+        self.records[(visit.step, visit.layer)] = estimate.modulus.float().mean(dim=0).cpu()
 
     def merge(self, other: "Lambda2") -> "Lambda2":
         self.records.update(other.records)

@@ -36,4 +36,5 @@ class PromptMass(Analysis):
     def result(self):
         self._require_visits()
         mass = (self.total / self.count).cpu().numpy()
-        return xr.Dataset({"prompt_mass": (("head", "frame", "prompt_token"), mass)})
+        coords = {name: range(size) for name, size in zip(("head", "frame", "prompt_token"), mass.shape)}
+        return xr.Dataset({"prompt_mass": (tuple(coords), mass)}, coords=coords)

@@ -47,6 +47,14 @@ class QKMatching(Analysis):
             self.map_sums[visit.layer] = self.map_sums.get(visit.layer, 0) + scores
             self.map_counts[visit.layer] = self.map_counts.get(visit.layer, 0) + 1
 
+    def merge(self, other: "QKMatching") -> "QKMatching":
+        self.positions.update(other.positions)
+        for layer, total in other.map_sums.items():
+            self.map_sums[layer] = self.map_sums.get(layer, 0) + total
+            self.map_counts[layer] = self.map_counts.get(layer, 0) + other.map_counts[layer]
+        self.layout = self.layout or other.layout
+        return self
+
     def result(self) -> xr.Dataset:
         layout = self._require_visits()
         grid, steps, layers = step_layer_grid(self.positions, fill=-1)  # [S, L, C, F, H]

@@ -171,6 +171,12 @@ class Adapter(ABC):
         self.pipe.scheduler.set_timesteps(num_inference_steps, device=self.device)
         return self.pipe.scheduler.timesteps.clone()
 
+    def timesteps_for(self, num_inference_steps: int, geometry: tuple[int, int, int]) -> torch.Tensor:
+        """The timesteps for a video of pixel ``geometry`` ``(frames, height, width)``, as the
+        pipeline sets them for it. Resolution-dependent schedules (Flux's dynamic shift)
+        override this; the default is :meth:`timesteps`."""
+        return self.timesteps(num_inference_steps)
+
     def cfg_batched(self, guidance_scale: float) -> bool:
         """Whether the pipeline batches CFG branches in one call (unconditional rows first)
         at this guidance scale."""

@@ -131,6 +131,11 @@ class Analysis(ABC):
     def result(self) -> xr.Dataset:
         """The reduced result as a Dataset with named dims and coordinates."""
 
+    def merge(self, other: "Analysis") -> "Analysis":
+        """Fold the running reductions of ``other`` (same class and settings, another trace
+        call, e.g. over other steps) into this one; ``result()`` then covers both."""
+        raise NotImplementedError(f"analysis {self.name!r} does not support merging runs")
+
     def settings(self) -> dict[str, Any]:
         """Provenance attrs for the result Dataset."""
         return {"method": self.name, "steps": repr(self.steps), "layers": repr(self.layers)}

@@ -59,9 +59,12 @@ def validate_concepts(concepts: Iterable[str]) -> list[str]:
     return [name.strip() for name in names]
 
 
-def default_analyses() -> list[Analysis]:
-    """One instance of every registered analysis marked ``default``."""
-    return [cls() for cls in analysis_classes().values() if cls.default]
+def default_analyses(adapter: Adapter | None = None) -> list[Analysis]:
+    """One instance of every registered analysis marked ``default``; with an ``adapter``, only
+    those that read a site kind its model has (e.g. no concept-stream analyses for Wan)."""
+    kinds = None if adapter is None else {spec.kind for spec in adapter.site_specs()}
+    return [cls() for cls in analysis_classes().values()
+            if cls.default and (kinds is None or kinds & set(cls.site_kinds))]
 
 
 @contextmanager
@@ -206,7 +209,7 @@ def trace(
     pipe = load_pipeline(model)
     adapter = adapter_for(pipe)
     names = validate_concepts(concepts)
-    analyses = list(analyses) if analyses is not None else default_analyses()
+    analyses = list(analyses) if analyses is not None else default_analyses(adapter)
     if not analyses:
         raise ValueError("analyses must hold at least one analysis; got an empty list")
     if num_inference_steps < 1:
@@ -218,7 +221,13 @@ def trace(
     if mode == "renoise" and guidance_scale is None:
         guidance = 1.0  # maps read the conditional branch; no unconditional pass is needed
 
-    timesteps = adapter.timesteps(num_inference_steps)
+    if mode == "renoise":
+        frames = _prepare_video(adapter, video, num_frames, height, width, resample)
+        geometry = tuple(int(size) for size in frames.shape[:3])
+    else:
+        geometry = tuple(given or default for given, default in
+                         zip((num_frames, height, width), adapter.default_geometry()))
+    timesteps = adapter.timesteps_for(num_inference_steps, geometry)
     if mode == "renoise":
         start = int(adapter.default_renoise_fraction * num_inference_steps) if renoise_step is None else int(renoise_step)
         if not 0 <= start < num_inference_steps or num_renoise_steps < 1 or start + num_renoise_steps > num_inference_steps:
@@ -264,7 +273,6 @@ def trace(
                 frames = _generate(adapter, runtime, prompt, negative_prompt, guidance, num_inference_steps,
                                    (num_frames, height, width), generator, on_step, pipeline_kwargs or {})
             else:
-                frames = _prepare_video(adapter, video, num_frames, height, width, resample)
                 _renoise(adapter, runtime, frames, prompt or "", negative_prompt, guidance, timesteps,
                          run_steps, generator, on_step)
 

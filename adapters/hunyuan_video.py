@@ -1,0 +1,694 @@
+"""HunyuanVideo (text-to-video): sites, concept stream, geometry, pipelines.
+
+Blocks and sites. ``transformer_blocks.{i}`` are double-stream blocks (separate visual and prompt
+weights, joint attention); ``single_transformer_blocks.{j}`` are single-stream blocks (one set of
+weights for the concatenated sequence). Both become sites named in execution order:
+``blocks.{i}.attn`` for double block ``i`` and ``blocks.{num_double + j}.attn`` for single block
+``j``. Only double-stream sites carry the concept stream.
+
+Token order of every attention call: the ``F*h*w`` visual tokens first (frame-major), then the
+``T`` prompt slots (``max_sequence_length``, padding included). Padded prompt slots are masked as
+keys exactly as the stock model does (every token attends to the visual tokens and to the first
+``sum(prompt_attention_mask)`` prompt slots); :attr:`TokenLayout.prompt_mask` says which slots
+are real. Rotary embeddings apply to visual q/k only.
+
+Guidance. HunyuanVideo is guidance-distilled: ``guidance_scale`` is embedded into the timestep
+conditioning, and the pipeline never batches CFG branches. "True" CFG (``true_cfg_scale > 1``
+with a negative prompt) runs a second, separate transformer call per step inside
+``transformer.cache_context("uncond")``; such calls are marked unconditional and not analysed.
+
+Concept stream (METHODS.md). Each concept is encoded like a prompt: wrapped in the pipeline's
+prompt template, encoded by the Llama text encoder, cropped, and refined by the transformer's
+token refiner (``context_embedder``, which depends on the timestep, so it reruns at every
+transformer call); the refined rows of the concept's own tokens are reduced to one vector
+(``first`` / ``mean``). In every double-stream block the concepts are then updated with the
+prompt stream's weights: ``norm1_context`` / ``norm2_context`` modulation and gates, the added
+q/k/v projections and q/k norms, ``to_add_out`` and ``ff_context``. Concepts attend to
+``[concepts ; visual]`` only; nothing attends to them; only the ``C`` concept query rows are
+computed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import warnings
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from vidinterp.adapter import Adapter, ConceptReduction, ConceptTokens, reduce_concept_rows
+from vidinterp.layout import TokenLayout
+from vidinterp.registry import register_adapter
+from vidinterp.runtime import Runtime
+from vidinterp.sites import SiteProcessor, SiteSpec
+
+__all__ = ["HunyuanVideoAdapter", "HunyuanVideoSiteProcessor", "HunyuanVideoConceptStream"]
+
+#: ``HunyuanVideoPipeline.check_inputs`` requires pixel heights and widths divisible by this.
+PIPELINE_PIXEL_MULTIPLE = 16
+#: Reference geometry of the IMAP HunyuanVideo experiments (frames, height, width) in pixels,
+#: the default for models whose config does not name a ``sample_geometry``.
+REFERENCE_GEOMETRY = (49, 480, 720)
+#: The Llama-3 pre-tokenisation pattern (used by the tiny offline tokenizer).
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_LLAMA3_SPECIAL_TOKENS = (
+    "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<unk>",
+)
+_SUFFIX_PIECES = ("##ing", "##ed", "##s", "##er", "##ly", "##y")
+
+
+def _argument(module: nn.Module, args: tuple, kwargs: dict, name: str):
+    """The value of parameter ``name`` of ``module.forward`` in a hook's ``args``/``kwargs``."""
+    if name in kwargs:
+        return kwargs[name]
+    parameters = list(inspect.signature(module.forward).parameters)
+    return args[parameters.index(name)]
+
+
+class HunyuanVideoConceptStream:
+    """Running state of the concept tokens through the double-stream blocks of one call.
+
+    Holds each concept encoded as its own templated prompt (``prompt_embeds`` ``[C, T,
+    text_dim]`` Llama outputs, ``attention_mask`` ``[C, T]``) and the positions of the
+    concept's tokens in that sequence. At every transformer call :meth:`begin` resets the
+    stream; the first double block then refines the concept prompts with the transformer's
+    token refiner at the call's timestep and reduces the concept rows to ``hidden``
+    (``[conditional_batch, C, dim]``), which the blocks update.
+    """
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        prompt_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        positions: list[list[int]],
+        names: list[str],
+        pieces: list[list[str]],
+        reduction: ConceptReduction,
+    ) -> None:
+        self.transformer = transformer
+        self.prompt_embeds = prompt_embeds
+        self.attention_mask = attention_mask
+        self.positions = positions
+        self.names = names
+        self.pieces = pieces
+        self.reduction = reduction
+        self.hidden: torch.Tensor | None = None
+        self.attention_input: torch.Tensor | None = None
+        self.attention_output: torch.Tensor | None = None
+        self._timestep: torch.Tensor | None = None
+        self._modulation: tuple[torch.Tensor, ...] | None = None
+
+    def begin(self, timestep: torch.Tensor) -> None:
+        """Restart the stream for a transformer call; ``timestep`` is ``[conditional_batch]``."""
+        self.hidden = None
+        self._timestep = timestep
+
+    def _refine(self, like: torch.Tensor) -> torch.Tensor:
+        """Concept embeddings after the token refiner: ``[conditional_batch, C, dim]``."""
+        batch, count = self._timestep.shape[0], self.prompt_embeds.shape[0]
+        embeds = self.prompt_embeds.to(device=like.device, dtype=like.dtype).repeat(batch, 1, 1)
+        mask = self.attention_mask.to(device=like.device, dtype=like.dtype).repeat(batch, 1)
+        refined = self.transformer.context_embedder(embeds, self._timestep.repeat_interleave(count), mask)
+        with warnings.catch_warnings():  # encode_concepts already warned about multi-token concepts
+            warnings.simplefilter("ignore")
+            rows = [
+                reduce_concept_rows(part, self.positions, self.names, self.pieces, self.reduction)
+                for part in refined.split(count)
+            ]
+        return torch.stack(rows)
+
+    def before_block(self, block: nn.Module, temb: torch.Tensor) -> None:
+        """Prompt-stream input modulation of the concepts (``temb``: conditional rows)."""
+        if self.hidden is None:
+            self.hidden = self._refine(temb)
+        self.attention_input, *self._modulation = block.norm1_context(self.hidden, emb=temb)
+
+    def after_block(self, block: nn.Module) -> None:
+        """Gated residual of the concept attention output, then the prompt stream's MLP."""
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = self._modulation
+        hidden = self.hidden + self.attention_output * gate_msa.unsqueeze(1)
+        normed = block.norm2_context(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        self.hidden = hidden + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+        self.attention_input = self.attention_output = self._modulation = None
+
+
+class HunyuanVideoSiteProcessor(SiteProcessor):
+    """``HunyuanVideoAttnProcessor2_0`` with hook points (and the concept stream on
+    double-stream sites). Same operations in the same order as the stock processor; tensors
+    pass the hook points in the head layout ``[batch, heads, tokens, head_dim]`` and are
+    transposed back to the stock layout, so outputs are bit-identical."""
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from diffusers.models.attention_dispatch import dispatch_attention_fn
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if encoder_hidden_states is None:
+            raise ValueError(f"site {self.spec.name} expects prompt tokens (encoder_hidden_states), got None")
+        visual_tokens, text_tokens = hidden_states.shape[1], encoder_hidden_states.shape[1]
+        single_stream = attn.add_q_proj is None
+        if single_stream:
+            hidden_states = torch.cat([hidden_states, encoder_hidden_states], dim=1)
+
+        # q/k/v [batch, tokens, heads, head_dim] (the stock layout), q/k norms, rotary on visual.
+        query = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        key = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            if single_stream:
+                query = torch.cat([apply_rotary_emb(query[:, :-text_tokens], image_rotary_emb, sequence_dim=1),
+                                   query[:, -text_tokens:]], dim=1)
+                key = torch.cat([apply_rotary_emb(key[:, :-text_tokens], image_rotary_emb, sequence_dim=1),
+                                 key[:, -text_tokens:]], dim=1)
+            else:
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        if not single_stream:
+            encoder_query = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_key = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            encoder_value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+            if attn.norm_added_q is not None:
+                encoder_query = attn.norm_added_q(encoder_query)
+            if attn.norm_added_k is not None:
+                encoder_key = attn.norm_added_k(encoder_key)
+            query = torch.cat([query, encoder_query], dim=1)
+            key = torch.cat([key, encoder_key], dim=1)
+            value = torch.cat([value, encoder_value], dim=1)
+
+        # Hook points see [batch, heads, tokens, head_dim]; transposing back restores the strides.
+        query = self.hook_q(query.transpose(1, 2))
+        key = self.hook_k(key.transpose(1, 2))
+        value = self.hook_v(value.transpose(1, 2))
+        output = dispatch_attention_fn(
+            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+            attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+            backend=getattr(self.original, "_attention_backend", None),
+            parallel_config=getattr(self.original, "_parallel_config", None),
+        )
+        output = self.hook_z(output.transpose(1, 2))
+
+        concept_tensors = {}
+        if self.spec.concept_stream and self.runtime.concepts_active:
+            concept_tensors = self._concept_attention(attn, key, value, visual_tokens)
+        parts = {"visual": slice(0, visual_tokens), "prompt": slice(visual_tokens, visual_tokens + text_tokens)}
+        self.report(
+            {"q": query, "k": key, "v": value, "z": output},
+            {name: parts for name in ("q", "k", "v", "z")},
+            concept_tensors,
+        )
+
+        hidden_states = output.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        hidden_states, encoder_hidden_states = hidden_states[:, :-text_tokens], hidden_states[:, -text_tokens:]
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+    def _concept_attention(
+        self, attn: nn.Module, key: torch.Tensor, value: torch.Tensor, visual_tokens: int
+    ) -> dict[str, torch.Tensor]:
+        """Only the ``C`` concept query rows, with the prompt stream's projections; concepts
+        attend to ``[concepts ; visual]``. ``key``/``value``: ``[batch, heads, tokens, d]``."""
+        stream: HunyuanVideoConceptStream = self.runtime.concept_state
+        rows = self.runtime.layout.conditional_rows
+        concepts = stream.attention_input
+        query_c = attn.add_q_proj(concepts).unflatten(2, (attn.heads, -1))
+        key_c = attn.add_k_proj(concepts).unflatten(2, (attn.heads, -1))
+        value_c = attn.add_v_proj(concepts).unflatten(2, (attn.heads, -1))
+        if attn.norm_added_q is not None:
+            query_c = attn.norm_added_q(query_c)
+        if attn.norm_added_k is not None:
+            key_c = attn.norm_added_k(key_c)
+        query_c = self.hook_concept_q(query_c.transpose(1, 2))
+        key_c = self.hook_concept_k(key_c.transpose(1, 2))
+        value_c = self.hook_concept_v(value_c.transpose(1, 2))
+        keys = torch.cat([key_c, key[rows, :, :visual_tokens]], dim=2)
+        values = torch.cat([value_c, value[rows, :, :visual_tokens]], dim=2)
+        output_c = self.hook_concept_z(F.scaled_dot_product_attention(query_c, keys, values))
+        stream.attention_output = attn.to_add_out(output_c.transpose(1, 2).flatten(2, 3).to(query_c.dtype))
+        return {"q": query_c, "k": key_c, "v": value_c, "z": output_c}
+
+
+class _CacheContextName:
+    """Follows the name of the transformer's current ``cache_context(name)``.
+
+    ``HunyuanVideoPipeline`` wraps its conditional call in ``transformer.cache_context("cond")``
+    and the true-CFG negative call in ``cache_context("uncond")``; this shadows the method on the
+    instance (``remove`` restores it) to record the name.
+    """
+
+    def __init__(self, transformer: nn.Module) -> None:
+        self.transformer = transformer
+        self.name: str | None = None
+        original = transformer.cache_context
+
+        @contextmanager
+        def cache_context(name: str, **kwargs: Any) -> Iterator[None]:
+            previous, self.name = self.name, name
+            try:
+                with original(name, **kwargs):
+                    yield
+            finally:
+                self.name = previous
+
+        self._patched = cache_context
+        transformer.cache_context = cache_context
+
+    def remove(self) -> None:
+        if self.transformer.__dict__.get("cache_context") is self._patched:
+            del self.transformer.cache_context
+
+
+@register_adapter
+class HunyuanVideoAdapter(Adapter):
+    family = "hunyuan_video"
+    transformer_class_names = ("HunyuanVideoTransformer3DModel",)
+    default_renoise_fraction = 2 / 3  # reference: step 20 of 30
+
+    def __init__(self, pipe) -> None:
+        from diffusers import HunyuanVideoPipeline
+
+        if not isinstance(pipe, HunyuanVideoPipeline):
+            raise TypeError(
+                f"the hunyuan_video adapter supports HunyuanVideoPipeline (text-to-video); got "
+                f"{type(pipe).__name__}, whose image conditioning it does not implement"
+            )
+        super().__init__(pipe)
+
+    # ---------------------------------------------------------------- sites
+    def site_specs(self) -> list[SiteSpec]:
+        double = list(self.transformer.transformer_blocks)
+        single = list(self.transformer.single_transformer_blocks)
+        paths = [f"transformer_blocks.{i}.attn" for i in range(len(double))]
+        paths += [f"single_transformer_blocks.{j}.attn" for j in range(len(single))]
+        return [
+            SiteSpec(
+                name=f"blocks.{layer}.attn",
+                layer=layer,
+                module_path=path,
+                heads=block.attn.heads,
+                head_dim=block.attn.inner_dim // block.attn.heads,
+                kind="joint",
+                concept_stream=layer < len(double),
+            )
+            for layer, (path, block) in enumerate(zip(paths, double + single))
+        ]
+
+    def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
+        return HunyuanVideoSiteProcessor(spec, original, runtime)
+
+    def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
+        transformer = self.transformer
+        call_name = _CacheContextName(transformer)
+
+        def before_transformer(module, args, kwargs):
+            latents = _argument(module, args, kwargs, "hidden_states")
+            prompt_mask = _argument(module, args, kwargs, "encoder_attention_mask")
+            batch, _, latent_frames, latent_height, latent_width = latents.shape
+            layout = self._layout(batch, latent_frames, latent_height, latent_width, prompt_mask)
+            runtime.begin_call(layout, conditional=call_name.name != "uncond")
+            if runtime.concepts_active:
+                timestep = _argument(module, args, kwargs, "timestep")
+                runtime.concept_state.begin(timestep.reshape(-1).expand(batch)[layout.conditional_rows])
+
+        def after_transformer(module, args, output):
+            runtime.end_call()
+
+        def before_block(block, args, kwargs):
+            if runtime.concepts_active:
+                temb = _argument(block, args, kwargs, "temb")
+                runtime.concept_state.before_block(block, temb[runtime.layout.conditional_rows])
+
+        def after_block(block, args, output):
+            if runtime.concepts_active:
+                runtime.concept_state.after_block(block)
+
+        handles = [
+            call_name,
+            transformer.register_forward_pre_hook(before_transformer, with_kwargs=True),
+            transformer.register_forward_hook(after_transformer),
+        ]
+        for block in transformer.transformer_blocks:
+            handles.append(block.register_forward_pre_hook(before_block, with_kwargs=True))
+            handles.append(block.register_forward_hook(after_block))
+        return handles
+
+    # ---------------------------------------------------------------- text
+    def _call_default(self, name: str) -> Any:
+        """Default of a ``pipe(...)`` argument (the prompt template, ``max_sequence_length``)."""
+        return inspect.signature(self.pipe.__call__).parameters[name].default
+
+    @property
+    def prompt_template(self) -> dict[str, Any]:
+        return self._call_default("prompt_template")
+
+    @property
+    def max_text_length(self) -> int:
+        """Prompt slots ``T`` of a call: the pipeline's default ``max_sequence_length``."""
+        return int(self._call_default("max_sequence_length"))
+
+    def _crop_start(self) -> int:
+        """Leading template tokens the pipeline crops, computed as ``_get_llama_prompt_embeds``
+        does when the template names none."""
+        crop_start = self.prompt_template.get("crop_start")
+        if crop_start is None:
+            ids = self.pipe.tokenizer(self.prompt_template["template"], padding="max_length",
+                                      return_tensors="pt")["input_ids"]
+            crop_start = ids.shape[-1] - 2
+        return int(crop_start)
+
+    def _concept_positions(self, concept: str) -> tuple[list[int], list[str]]:
+        """Positions (in the cropped sequence) and pieces of the tokens of ``concept`` wrapped
+        in the prompt template, found by character offsets."""
+        tokenizer, template = self.pipe.tokenizer, self.prompt_template["template"]
+        if not getattr(tokenizer, "is_fast", False):
+            raise TypeError(f"locating concept tokens needs a fast tokenizer; got {type(tokenizer).__name__}")
+        start = len(template[: template.index("{}")].replace("{{", "{").replace("}}", "}"))
+        end = start + len(concept)
+        crop_start = self._crop_start()
+        encoding = tokenizer(template.format(concept), max_length=self.max_text_length + crop_start,
+                             truncation=True, return_offsets_mapping=True)
+        positions, pieces = [], []
+        for index, (first, last) in enumerate(encoding["offset_mapping"]):
+            if last > first and first < end and last > start and index - crop_start < self.max_text_length:
+                positions.append(index - crop_start)
+                pieces.append(tokenizer.convert_ids_to_tokens(encoding["input_ids"][index]))
+        if any(position < 0 for position in positions):
+            raise ValueError(
+                f"concept {concept!r} falls inside the {crop_start} template tokens the pipeline crops; "
+                f"the prompt template {template!r} does not fit this tokenizer"
+            )
+        return positions, pieces
+
+    def encode_concepts(self, concepts: list[str], reduction: ConceptReduction) -> ConceptTokens:
+        """Each concept is encoded alone exactly as the pipeline encodes a prompt (template, Llama
+        hidden states, crop, padding to ``max_sequence_length``). ``embeddings`` reduces the
+        Llama rows of the concept's tokens; ``extras`` keeps the whole sequences
+        (``prompt_embeds`` ``[C, T, text_dim]``, ``prompt_attention_mask`` ``[C, T]``) and the
+        token ``positions`` for the token refiner, which the concept stream runs per call."""
+        names = list(concepts)
+        located = [self._concept_positions(concept) for concept in names]
+        positions = [places for places, _ in located]
+        pieces = [parts for _, parts in located]
+        with torch.no_grad():
+            prompt_embeds, attention_mask = self.pipe._get_llama_prompt_embeds(
+                names, self.prompt_template, device=self.device, max_sequence_length=self.max_text_length
+            )
+        embeddings = reduce_concept_rows(prompt_embeds, positions, names, pieces, reduction)
+        extras = {"prompt_embeds": prompt_embeds, "prompt_attention_mask": attention_mask, "positions": positions}
+        return ConceptTokens(names, embeddings, pieces, reduction, extras)
+
+    def concept_state(self, concepts: ConceptTokens, prompt: str | None) -> HunyuanVideoConceptStream:
+        extras = concepts.extras
+        return HunyuanVideoConceptStream(
+            self.transformer, extras["prompt_embeds"], extras["prompt_attention_mask"], extras["positions"],
+            concepts.names, concepts.pieces, concepts.reduction,
+        )
+
+    # ---------------------------------------------------------------- geometry
+    @property
+    def temporal_compression(self) -> int:
+        return int(self.pipe.vae_scale_factor_temporal)
+
+    @property
+    def spatial_compression(self) -> int:
+        return int(self.pipe.vae_scale_factor_spatial)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Heights and widths must be multiples of this: one token cell (VAE compression x
+        patch size) and the pipeline's own multiple of 16."""
+        return math.lcm(PIPELINE_PIXEL_MULTIPLE, self.spatial_compression * self.transformer.config.patch_size)
+
+    def default_geometry(self) -> tuple[int, int, int]:
+        """``sample_geometry`` from the transformer config when present (tiny pipelines record
+        theirs), else the reference geometry, 49 frames at 480x720."""
+        return tuple(int(v) for v in self.transformer.config.get("sample_geometry", REFERENCE_GEOMETRY))
+
+    def check_geometry(self, num_frames: int, height: int, width: int) -> None:
+        k, patch_t = self.temporal_compression, self.transformer.config.patch_size_t
+        problems = []
+        if num_frames < 1 or (num_frames - 1) % k:
+            nearest = k * ((max(num_frames, 1) - 1) // k) + 1
+            problems.append(f"num_frames must be {k}*n + 1 (e.g. {nearest}), got {num_frames}")
+        elif ((num_frames - 1) // k + 1) % patch_t:
+            latent_frames = (num_frames - 1) // k + 1
+            nearest = k * (patch_t * math.ceil(latent_frames / patch_t) - 1) + 1
+            problems.append(
+                f"num_frames must give a latent frame count (num_frames - 1) / {k} + 1 divisible by "
+                f"patch_size_t={patch_t} (e.g. {nearest}), got {num_frames} -> {latent_frames} latent frames"
+            )
+        cell = self.pixel_multiple
+        for name, size in (("height", height), ("width", width)):
+            if size < cell or size % cell:
+                problems.append(f"{name} must be a positive multiple of {cell} pixels, got {size}")
+        if problems:
+            default = self.default_geometry()
+            raise ValueError(
+                "invalid video geometry for HunyuanVideo: " + "; ".join(problems)
+                + f" (this model's default geometry: {default[0]} frames at {default[1]}x{default[2]})"
+            )
+
+    def _frame_spans(self, token_frames: int) -> tuple[tuple[int, int], ...]:
+        """Pixel frames of each token frame: the causal VAE maps latent 0 to pixel frame 0 and
+        latent ``f >= 1`` to pixel frames ``k*f - k + 1 .. k*f``."""
+        k, patch_t = self.temporal_compression, self.transformer.config.patch_size_t
+        return tuple(
+            (max(k * frame * patch_t - k + 1, 0), k * ((frame + 1) * patch_t - 1)) for frame in range(token_frames)
+        )
+
+    def _layout(self, batch: int, latent_frames: int, latent_height: int, latent_width: int,
+                prompt_mask: torch.Tensor | None, text_length: int | None = None) -> TokenLayout:
+        """Layout of a call on ``[batch, C, latent_frames, latent_height, latent_width]``
+        latents; ``prompt_mask`` is the call's ``encoder_attention_mask`` ``[batch, T]``."""
+        config = self.transformer.config
+        frames = latent_frames // config.patch_size_t
+        height, width = latent_height // config.patch_size, latent_width // config.patch_size
+        visual = frames * height * width
+        mask = None
+        if prompt_mask is not None:
+            # As the stock model: the first sum(mask) prompt slots of each row are attended.
+            text_length = prompt_mask.shape[1]
+            lengths = prompt_mask.sum(dim=1, dtype=torch.int)
+            mask = torch.arange(text_length, device=prompt_mask.device)[None] < lengths[:, None]
+        cell = self.spatial_compression * config.patch_size
+        return TokenLayout(
+            frames=frames,
+            height=height,
+            width=width,
+            visual=slice(0, visual),
+            prompt=slice(visual, visual + text_length),
+            concepts=0,
+            batch=batch,
+            conditional_rows=slice(0, batch),
+            prompt_mask=mask,
+            frame_spans=self._frame_spans(frames),
+            pixels_per_token=(cell, cell),
+        )
+
+    def layout_for(self, num_frames: int, height: int, width: int, batch: int = 1) -> TokenLayout:
+        self.check_geometry(num_frames, height, width)
+        return self._layout(
+            batch, (num_frames - 1) // self.temporal_compression + 1, height // self.spatial_compression,
+            width // self.spatial_compression, prompt_mask=None, text_length=self.max_text_length,
+        )
+
+    # ---------------------------------------------------------------- running
+    def cfg_batched(self, guidance_scale: float) -> bool:
+        """Never: ``guidance_scale`` is embedded guidance; true CFG runs as a separate call."""
+        return False
+
+    def timesteps(self, num_inference_steps: int) -> torch.Tensor:
+        """The pipeline's schedule: sigmas ``linspace(1, 0, n + 1)[:-1]``, shifted by the scheduler."""
+        sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]
+        self.pipe.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
+        return self.pipe.scheduler.timesteps.clone()
+
+    def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict[str, Any]:
+        self.check_geometry(num_frames, height, width)
+        return {"num_frames": num_frames, "height": height, "width": width,
+                "max_sequence_length": self.max_text_length}
+
+    def encode_video(self, video: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """``[frames, 3, H, W]`` in ``[-1, 1]`` -> float32 latents ``[1, C, F, h, w]`` times the
+        VAE's ``scaling_factor`` (the pipeline divides by it before decoding)."""
+        vae = self.pipe.vae
+        pixels = video.to(device=vae.device, dtype=vae.dtype).permute(1, 0, 2, 3).unsqueeze(0)
+        latents = vae.encode(pixels).latent_dist.sample(generator)
+        return (latents * vae.config.scaling_factor).float()
+
+    def denoiser(self, prompt: str, latents: torch.Tensor, guidance_scale: float,
+                 negative_prompt: str | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Calls the transformer as the pipeline does: one conditional call per step with
+        ``guidance_scale`` as embedded guidance (times 1000). HunyuanVideo has no batched CFG,
+        so ``negative_prompt`` is unused (the pipeline needs ``true_cfg_scale`` for it)."""
+        if negative_prompt is not None:
+            warnings.warn(
+                "HunyuanVideo renoising uses embedded guidance only; negative_prompt is ignored "
+                "(the pipeline applies it only with true_cfg_scale > 1)",
+                stacklevel=2,
+            )
+        pipe, transformer = self.pipe, self.transformer
+        dtype = self.dtype
+        prompt_embeds, pooled_embeds, prompt_mask = pipe.encode_prompt(
+            prompt=prompt, prompt_template=self.prompt_template, device=self.device,
+            max_sequence_length=self.max_text_length,
+        )
+        prompt_embeds, pooled_embeds, prompt_mask = (
+            prompt_embeds.to(dtype), pooled_embeds.to(dtype), prompt_mask.to(dtype)
+        )
+        batch = latents.shape[0]
+        guidance = torch.tensor([guidance_scale] * batch, dtype=dtype, device=self.device) * 1000.0
+
+        def call(current: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+            with transformer.cache_context("cond"):
+                return transformer(
+                    hidden_states=current.to(dtype),
+                    timestep=timestep.expand(batch).to(current.dtype),
+                    encoder_hidden_states=prompt_embeds,
+                    encoder_attention_mask=prompt_mask,
+                    pooled_projections=pooled_embeds,
+                    guidance=guidance,
+                    return_dict=False,
+                )[0]
+
+        return call
+
+    # ---------------------------------------------------------------- tiny pipelines
+    @classmethod
+    def tiny_variants(cls) -> dict[str, dict[str, Any]]:
+        return {"default": {}, "patch_t2": {"patch_size_t": 2}}
+
+    @classmethod
+    def tiny_pipeline(cls, num_layers: int = 2, num_single_layers: int = 2, seed: int = 0, **overrides: Any):
+        """Tiny HunyuanVideo pipeline: 2 double- and 2 single-stream blocks of width 32, a causal
+        VAE with 4x spatial and 4x temporal compression, a 3-layer Llama text encoder and a
+        2-layer CLIP text encoder with tokenizers built in code. ``overrides`` go to the
+        transformer config (e.g. ``patch_size_t=2``). Default geometry 9 frames at 32x48
+        pixels (3 latent frames of 4x6 tokens; with ``patch_size_t=2``: 13 frames, 4 latent
+        frames -> 2 token frames)."""
+        from diffusers import (
+            AutoencoderKLHunyuanVideo,
+            FlowMatchEulerDiscreteScheduler,
+            HunyuanVideoPipeline,
+            HunyuanVideoTransformer3DModel,
+        )
+        from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+        from vidinterp.testing import word_tokenizer
+
+        latent_channels, text_dim, pooled_dim = 4, 32, 16
+        config: dict[str, Any] = dict(
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            num_attention_heads=2,
+            attention_head_dim=16,
+            num_layers=num_layers,
+            num_single_layers=num_single_layers,
+            num_refiner_layers=1,
+            mlp_ratio=2.0,
+            patch_size=2,
+            patch_size_t=1,
+            text_embed_dim=text_dim,
+            pooled_projection_dim=pooled_dim,
+            rope_axes_dim=(4, 6, 6),
+        )
+        config.update(overrides)
+        torch.manual_seed(seed)
+        transformer = HunyuanVideoTransformer3DModel(**config).eval()
+        latent_frames = 3 if config["patch_size_t"] == 1 else 2 * config["patch_size_t"]
+        transformer.register_to_config(sample_geometry=(4 * (latent_frames - 1) + 1, 32, 48))
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKLHunyuanVideo(
+            latent_channels=latent_channels,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 3,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 3,
+            block_out_channels=(8, 8, 8),
+            layers_per_block=1,
+            norm_num_groups=2,
+            spatial_compression_ratio=4,
+            temporal_compression_ratio=4,
+        ).eval()
+        tokenizer = _tiny_llama_tokenizer(HunyuanVideoPipeline)
+        torch.manual_seed(seed + 2)
+        text_encoder = LlamaModel(LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=2 * text_dim, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )).eval()
+        tokenizer_2 = word_tokenizer(model_max_length=77)
+        torch.manual_seed(seed + 3)
+        text_encoder_2 = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer_2), hidden_size=pooled_dim, intermediate_size=2 * pooled_dim,
+            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+            bos_token_id=tokenizer_2.eos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+            pad_token_id=tokenizer_2.pad_token_id,
+        )).eval()
+        return HunyuanVideoPipeline(
+            text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0), text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+        )
+
+
+def _tiny_llama_tokenizer(pipeline_class):
+    """A Llama-3-style fast tokenizer built in code: the Llama-3 pre-tokenisation regex and
+    special tokens, and a WordPiece vocabulary holding every piece of the pipeline's default
+    prompt template, so the template's prefix is exactly ``crop_start`` (95) tokens as with
+    the real tokenizer. Known words are single tokens (also with a leading space); other words
+    split into known words, suffix pieces and letters (``walking`` -> ``walk`` ``##ing``)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from vidinterp.testing import TINY_VOCABULARY
+
+    template = inspect.signature(pipeline_class.__call__).parameters["prompt_template"].default["template"]
+    split = pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated")
+    separators = "|".join(re.escape(token) for token in (*_LLAMA3_SPECIAL_TOKENS, "{}"))
+    template_pieces = [piece for text in re.split(separators, template.lower())
+                       for piece, _ in split.pre_tokenize_str(text)]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocabulary = list(_LLAMA3_SPECIAL_TOKENS)
+    for token in (
+        template_pieces
+        + [form for word in TINY_VOCABULARY for form in (word, " " + word)]
+        + list(_SUFFIX_PIECES) + list(letters) + [" " + c for c in letters] + ["##" + c for c in letters]
+        + list("0123456789.,:;!?'\"-()") + [" ", "\n", "\n\n"]
+    ):
+        if token not in vocabulary:
+            vocabulary.append(token)
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocabulary)}, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = split
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in _LLAMA3_SPECIAL_TOKENS])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 0)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
+        pad_token="<|end_of_text|>", unk_token="<unk>", model_max_length=1024,
+    )
