@@ -579,10 +579,6 @@ class HunyuanVideoAdapter(Adapter):
 
     # ---------------------------------------------------------------- tiny pipelines
     @classmethod
-    def tiny_variants(cls) -> dict[str, dict[str, Any]]:
-        return {"default": {}, "patch_t2": {"patch_size_t": 2}}
-
-    @classmethod
     def tiny_pipeline(cls, num_layers: int = 2, num_single_layers: int = 2, seed: int = 0, **overrides: Any):
         """Tiny HunyuanVideo pipeline: 2 double- and 2 single-stream blocks of width 32, a causal
         VAE with 4x spatial and 4x temporal compression, a 3-layer Llama text encoder and a

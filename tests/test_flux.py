@@ -40,10 +40,15 @@ def _run(pipe, **extra) -> torch.Tensor:
 def test_transformer_output_bit_identical_with_concepts_and_every_hook(pipe):
     reference = _run(pipe)
     fired: dict[str, tuple] = {}
+
+    def record(name):
+        def hook(module, args, output):
+            fired.setdefault(name, tuple(output.shape))
+        return hook
+
     with vidinterp.hooked(pipe, CONCEPTS, prompt=PROMPT) as graph:
         for name in graph.hook_names():
-            graph.module(name).register_forward_hook(
-                lambda module, args, output, name=name: fired.setdefault(name, tuple(output.shape)))
+            graph.module(name).register_forward_hook(record(name))
         traced = _run(pipe)
     assert torch.equal(traced, reference)
     assert set(fired) == set(graph.hook_names())
@@ -170,7 +175,8 @@ def test_multi_token_concept_reductions(pipe):
     adapter = adapter_for(pipe)
     with pytest.warns(UserWarning, match="walking.*2 tokens"):
         mean = adapter.encode_concepts(["walking"], "mean")
-    rows = pipe._get_t5_prompt_embeds(prompt=["walking"], max_sequence_length=16)[0]
+    with torch.no_grad():
+        rows = pipe._get_t5_prompt_embeds(prompt=["walking"], max_sequence_length=16)[0]
     assert mean.pieces == [["walk", "##ing"]]
     torch.testing.assert_close(mean.embeddings[0], rows[:2].mean(dim=0))
     with pytest.warns(UserWarning):

@@ -21,7 +21,7 @@ __all__ = ["tiny_pipeline", "word_tokenizer", "tiny_t5_encoder", "random_visit",
 TINY_VOCABULARY = (
     "a an the and of on in with is are at to from by over under near "
     "dog cat cow horse bird fish car boat ball person man woman child tree grass sky road "
-    "water sand snow field street room table wall sun cloud shape circle square triangle "
+    "water sand snow field street room table wall sun cloud shape circle square triangle diamond "
     "red green blue yellow white black orange purple brown gray pink "
     "walk run jump swim fly roll move moving left right up down still static fast slow "
     "walks runs jumps swims flies rolls moves sits stands "
