@@ -278,7 +278,7 @@ class FluxAdapter(ImageMMDiTAdapter):
 
     @classmethod
     def tiny_variants(cls) -> dict[str, dict[str, Any]]:
-        return {"dev": {"variant": "dev"}}
+        return {variant: {"variant": variant} for variant in cls.TINY_VARIANTS}
 
     @classmethod
     def tiny_pipeline(cls, variant: str = "dev", num_layers: int = 2, num_single_layers: int = 2, seed: int = 0,

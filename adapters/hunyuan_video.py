@@ -83,7 +83,9 @@ class HunyuanVideoConceptStream:
     concept's tokens in that sequence. At every transformer call :meth:`begin` resets the
     stream; the first double block then refines the concept prompts with the transformer's
     token refiner at the call's timestep and reduces the concept rows to ``hidden``
-    (``[conditional_batch, C, dim]``), which the blocks update.
+    (``[conditional_batch, C, dim]``), which the blocks update. (Refining there, after the
+    transformer's own ``context_embedder`` call, keeps that call first in execution order for
+    nnsight.)
     """
 
     def __init__(
@@ -107,7 +109,7 @@ class HunyuanVideoConceptStream:
         self.attention_input: torch.Tensor | None = None
         self.attention_output: torch.Tensor | None = None
         self._timestep: torch.Tensor | None = None
-        self._modulation: tuple[torch.Tensor, ...] | None = None
+        self._modulation: list[torch.Tensor] | None = None
 
     def begin(self, timestep: torch.Tensor) -> None:
         """Restart the stream for a transformer call; ``timestep`` is ``[conditional_batch]``."""
@@ -294,9 +296,14 @@ class HunyuanVideoAdapter(Adapter):
         if not isinstance(pipe, HunyuanVideoPipeline):
             raise TypeError(
                 f"the hunyuan_video adapter supports HunyuanVideoPipeline (text-to-video); got "
-                f"{type(pipe).__name__}, whose image conditioning it does not implement"
+                f"{type(pipe).__name__} (image-to-video variants are not implemented)"
             )
         super().__init__(pipe)
+
+    @classmethod
+    def supports(cls, transformer: nn.Module) -> bool:
+        """Text-to-video transformers only (no ``image_condition_type``)."""
+        return super().supports(transformer) and transformer.config.get("image_condition_type") is None
 
     # ---------------------------------------------------------------- sites
     def site_specs(self) -> list[SiteSpec]:
@@ -680,7 +687,9 @@ def _tiny_llama_tokenizer(pipeline_class):
     tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocabulary)}, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = split
-    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in _LLAMA3_SPECIAL_TOKENS])
+    tokenizer.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in _LLAMA3_SPECIAL_TOKENS]
+    )
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 0)]
     )

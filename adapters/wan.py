@@ -289,7 +289,8 @@ class WanAdapter(Adapter):
 
     def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
         """Announce each transformer call; a call repeating the previous call's step index and
-        timestep (the pipeline's unconditional CFG call) is announced as unconditional."""
+        timestep (the pipeline's unconditional CFG call) is announced as unconditional. Under
+        :func:`vidinterp.hooked`, where no driver announces steps, the timestep alone tells."""
         previous: dict[str, Any] = {}
 
         def before_transformer(module, args, kwargs):

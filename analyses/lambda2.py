@@ -19,11 +19,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-import numpy as np
 import torch
 import xarray as xr
 
-from vidinterp.analyses._grid import step_layer_grid
+from vidinterp.analyses._grid import RunningMeans, step_layer_grid
 from vidinterp.analyses.spectral import second_eigenvalue_magnitude
 from vidinterp.analysis import Analysis, TraceContext
 from vidinterp.registry import register_analysis
@@ -73,7 +72,7 @@ class Lambda2(Analysis):
         self.method, self.solver_options = method, solver_options
 
     def reset(self) -> None:
-        self.records: dict[tuple[int, int], torch.Tensor] = {}
+        self.records = RunningMeans()
         self.attention_passes = 0
 
     def update(self, visit: SiteVisit) -> None:
@@ -87,17 +86,17 @@ class Lambda2(Analysis):
             query, key, key_padding_mask=mask, method=self.method, return_info=True, **self.solver_options
         )
         self.attention_passes += int(estimate.attention_passes)
-        self.records[(visit.step, visit.layer)] = estimate.modulus.float().mean(dim=0).cpu()
+        self.records.add((visit.step, visit.layer), estimate.modulus.float().mean(dim=0))
 
     def merge(self, other: "Lambda2") -> "Lambda2":
-        self.records.update(other.records)
+        self.records.merge(other.records)
         self.attention_passes += other.attention_passes
         self.layout = self.layout or other.layout
         return self
 
     def result(self) -> xr.Dataset:
         self._require_visits()
-        grid, steps, layers = step_layer_grid(self.records, fill=float("nan"))
+        grid, steps, layers = step_layer_grid(self.records.means(), fill=float("nan"))
         per_head = xr.DataArray(
             grid, dims=("step", "layer", "head"),
             coords={"step": steps, "layer": layers, "head": list(range(grid.shape[-1]))},
@@ -149,13 +148,15 @@ def calibrate_layers(model: Any, prompts: Iterable[str], *, num_inference_steps:
     prompts = list(prompts)
     if not prompts:
         raise ValueError("calibrate_layers needs at least one prompt")
-    total = Lambda2()
+    runs = []
     for prompt in prompts:
-        analysis = Lambda2()
-        result = trace(pipe, prompt=prompt, concepts=[prompt.split()[0]], analyses=[analysis],
+        runs.append(Lambda2())
+        result = trace(pipe, prompt=prompt, concepts=[prompt.split()[0]], analyses=[runs[-1]],
                        num_inference_steps=num_inference_steps, steps=steps, **trace_options)
-        total.merge(analysis)
         model_name = result.attrs["model"]
+    total = runs[0]
+    for run in runs[1:]:
+        total.merge(run)
     scores = total.layer_scores()
     save_layer_scores(scores, model_name, path, prompts=prompts, num_inference_steps=num_inference_steps,
                       attention_passes=total.attention_passes)

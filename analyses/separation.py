@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import torch
 import xarray as xr
 
-from vidinterp.analyses._grid import step_layer_grid
+from vidinterp.analyses._grid import RunningMeans, step_layer_grid
 from vidinterp.analyses._maps import frames_view
 from vidinterp.analyses.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES, separation_score
 from vidinterp.analysis import Analysis
@@ -48,7 +47,7 @@ class Separation(Analysis):
         self.silhouette_sample_size, self.seed = int(silhouette_sample_size), int(seed)
 
     def reset(self) -> None:
-        self.records: dict[str, dict[tuple[int, int], torch.Tensor]] = {score: {} for score in self.scores}
+        self.records = {score: RunningMeans() for score in self.scores}
 
     def update(self, visit: SiteVisit) -> None:
         if visit.layout.frames < 2:
@@ -57,11 +56,11 @@ class Separation(Analysis):
         for score in self.scores:
             options = {"sample_size": self.silhouette_sample_size, "generator_or_seed": self.seed} if score == "silhouette" else {}
             values = separation_score(outputs, score, **options).mean(dim=0)
-            self.records[score][(visit.step, visit.layer)] = values.cpu()
+            self.records[score].add((visit.step, visit.layer), values)
 
     def merge(self, other: "Separation") -> "Separation":
         for score in self.scores:
-            self.records[score].update(other.records[score])
+            self.records[score].merge(other.records[score])
         self.layout = self.layout or other.layout
         return self
 
@@ -71,7 +70,7 @@ class Separation(Analysis):
         for score in self.scores:
             if not self.records[score]:
                 continue
-            grid, steps, layers = step_layer_grid(self.records[score], fill=float("nan"))
+            grid, steps, layers = step_layer_grid(self.records[score].means(), fill=float("nan"))
             variables[f"separation_{score}"] = xr.DataArray(
                 grid, dims=("step", "layer", "head"),
                 coords={"step": steps, "layer": layers, "head": list(range(grid.shape[-1]))},

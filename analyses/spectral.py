@@ -303,6 +303,9 @@ class _DeflatedAttention:
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
         """``B @ block`` for ``block`` ``[batch, heads, tokens, width]`` float32 (one pass)."""
+        # Fused kernels (e.g. CPU flash) need unit-stride values; otherwise SDPA silently
+        # falls back to the math path, which materialises each chunk's score block.
+        block = block.contiguous()
         tokens = block.shape[2]
         out = torch.empty_like(block)
         for start in range(0, tokens, self.query_chunk):
@@ -316,15 +319,15 @@ class _DeflatedAttention:
             )
         self.passes += 1
         if self.row_weight is None or self.row_keep is None:
-            return out - block.mean(dim=2, keepdim=True)
+            return out.sub_(block.mean(dim=2, keepdim=True))
         mean = (block * self.row_weight).sum(dim=2, keepdim=True)
-        return (out - mean) * self.row_keep
+        return out.sub_(mean).mul_(self.row_keep)
 
 
 def _orthonormalise(
     block: torch.Tensor, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Orthonormalise the columns of ``block`` against the orthonormal rows of ``rows``.
+    """Orthonormalise the columns of ``block`` (overwritten) against the orthonormal ``rows``.
 
     ``block`` is ``[..., tokens, width]`` and ``rows`` ``[..., n, tokens]`` (the basis stored as
     rows, so leading slices of it are used in place, without copies). Returns
@@ -334,12 +337,12 @@ def _orthonormalise(
     orthogonal to ``rows`` too.
     """
     coeff = rows @ block
-    block = block - rows.mT @ coeff
+    block.sub_(rows.mT @ coeff)
     second = rows @ block
-    block = block - rows.mT @ second
+    block.sub_(rows.mT @ second)
     q, r = torch.linalg.qr(block)
     third = rows @ q
-    q, r_fix = torch.linalg.qr(q - rows.mT @ third)
+    q, r_fix = torch.linalg.qr(q.sub_(rows.mT @ third))
     # block = q_old r with q_old = q r_fix + rows^T third.
     return q, coeff + second + third @ r, r_fix @ r
 

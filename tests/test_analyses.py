@@ -236,3 +236,33 @@ def test_lambda2_layers_sources(tmp_path, monkeypatch):
     assert [l for l in range(42) if selector.selects(l)] == [0, 2]
     with pytest.raises(ValueError, match="no lambda2 layer scores for model 'tiny'"):
         Lambda2Layers().bind(TraceContext(concepts=["a"], num_layers=2, num_inference_steps=5, model="tiny"))
+
+
+def test_one_pass_returns_all_maps_and_diagnostics():
+    from vidinterp.analyses.lambda2 import Lambda2
+
+    pipe = vidinterp.testing.tiny_pipeline("cogvideox")
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    trace = vidinterp.trace(pipe, prompt="a dog on grass", concepts=["dog", "grass"], num_inference_steps=3,
+                            analyses=vidinterp.default_analyses() + [Lambda2()], steps=[2])
+    assert {"imap", "gramcol", "concept_attention", "cross_attention"} <= set(trace.maps.data_vars)
+    assert {"separation_chi", "separation_davies_bouldin", "separation_silhouette", "separation_fisher",
+            "imap_selected_heads"} <= set(trace.heads.data_vars)
+    assert {"lambda2", "lambda2_layer"} <= set(trace.layers.data_vars)
+    assert {"surrogate_y", "surrogate_x"} <= set(trace.diagnostics.data_vars)
+    assert len(calls) == 3  # one transformer call per step: every analysis shared the pass
+
+
+def test_calibrate_layers_stores_scores_the_selector_reads(tmp_path):
+    from vidinterp.analyses.lambda2 import calibrate_layers, load_layer_scores
+
+    pipe = vidinterp.testing.tiny_pipeline("cogvideox", num_layers=3)
+    path = tmp_path / "scores.json"
+    scores = calibrate_layers(pipe, ["a dog on grass", "a red car"], num_inference_steps=3, steps=[2], path=path)
+    assert set(scores) == {0, 1, 2} and all(0 <= value <= 1 for value in scores.values())
+    assert load_layer_scores(path) == pytest.approx(scores)
+    threshold = sorted(scores.values())[1]
+    selector = Lambda2Layers(threshold, scores=path)
+    selector.bind(TraceContext(concepts=["a"], num_layers=3, num_inference_steps=3))
+    assert [layer for layer in range(3) if selector.selects(layer)] == [l for l, s in scores.items() if s > threshold]

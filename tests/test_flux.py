@@ -182,3 +182,20 @@ def test_multi_token_concept_reductions(pipe):
     with pytest.warns(UserWarning):
         first = adapter.encode_concepts(["walking"], "first")
     assert torch.equal(first.embeddings[0], rows[0])
+
+
+def test_fused_projections_stay_bit_identical():
+    pipe = vidinterp.testing.tiny_pipeline("flux")
+    with vidinterp.hooked(pipe, CONCEPTS, prompt=PROMPT) as graph:
+        concept_outputs = []
+        graph.module("blocks.0.attn.hook_concept_z").register_forward_hook(
+            lambda module, args, output: concept_outputs.append(output))
+        _run(pipe)
+    pipe.transformer.fuse_qkv_projections()
+    reference = _run(pipe)
+    with vidinterp.hooked(pipe, CONCEPTS, prompt=PROMPT) as graph:
+        graph.module("blocks.0.attn.hook_concept_z").register_forward_hook(
+            lambda module, args, output: concept_outputs.append(output))
+        traced = _run(pipe)
+    assert torch.equal(traced, reference)
+    torch.testing.assert_close(concept_outputs[1], concept_outputs[0])

@@ -15,6 +15,15 @@ PROMPTS = ["a red dog walking on green grass", "a cat"]
 CONCEPTS = ["dog", "grass"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run far faster on one thread (no OpenMP contention on shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def pipe():
     pipe = HunyuanVideoAdapter.tiny_pipeline()
@@ -247,9 +256,9 @@ def test_true_cfg_call_is_not_analysed(pipe):
             calls[kind] += 1
         return hook
 
+    hooks = {"blocks.0.attn.hook_q": count("q"), "blocks.0.attn.hook_concept_z": count("concept")}
     trace = vidinterp.trace(pipe, prompt=PROMPTS[0], negative_prompt="blurry", concepts=CONCEPTS,
-                            num_inference_steps=2, steps=[0, 1], pipeline_kwargs=extra,
-                            hooks={"blocks.0.attn.hook_q": count("q"), "blocks.0.attn.hook_concept_z": count("concept")})
+                            num_inference_steps=2, steps=[0, 1], pipeline_kwargs=extra, hooks=hooks)
     assert calls == {"q": 4, "concept": 2}
     assert trace.attrs["analysed_steps"] == [0, 1]
     assert np.array_equal(trace.video, np.round(np.clip(reference, 0, 1) * 255).astype(np.uint8))

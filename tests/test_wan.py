@@ -118,7 +118,9 @@ def test_sites_names_kinds_and_shapes():
     assert sites["shape"].sel(hook="blocks.2.attn.hook_k").values.tolist() == [1, 2, 18, 16]
 
 
-def test_editing_hook_z_acts_on_the_model():
+def test_editing_hook_z_acts_on_the_model_with_torch_hooks_and_nnsight():
+    from nnsight import NNsight
+
     pipe = _pipe()
     inputs = transformer_inputs(pipe)
 
@@ -130,9 +132,17 @@ def test_editing_hook_z_acts_on_the_model():
     with torch.no_grad():
         stock = pipe.transformer(**inputs)[0]
         with vidinterp.hooked(pipe) as graph:
-            graph.module("blocks.1.cross_attn.hook_z").register_forward_hook(ablate_head_0)
+            handle = graph.module("blocks.1.cross_attn.hook_z").register_forward_hook(ablate_head_0)
             ablated = pipe.transformer(**inputs)[0]
+            handle.remove()
+            model = NNsight(pipe.transformer)
+            with model.trace(**inputs):
+                graph.envoy(model, "blocks.1.cross_attn.hook_z").output[:, 0] = 0
+                edited = model.output.save()
+        restored = pipe.transformer(**inputs)[0]
     assert not torch.equal(stock, ablated)
+    assert torch.equal(ablated, edited[0])
+    assert torch.equal(stock, restored)
 
 
 def test_image_to_video_cross_attention_adds_the_image_branch():
