@@ -45,6 +45,7 @@ class Runtime:
         self.layout: TokenLayout | None = None
         self.active = False
         self.visited_steps: list[int] = []
+        self._timesteps = None
         #: pixel frames of the video being generated or renoised (``None``: unknown).
         self.pixel_frames: int | None = None
         #: whether the driver batches CFG branches into one call (unconditional rows first).
@@ -64,9 +65,8 @@ class Runtime:
         """Called by the adapter before each transformer call. Unconditional-only calls and
         steps outside ``steps`` are not analysed (processors then skip all extra work)."""
         self.layout = layout
-        schedule = getattr(self, "_timesteps", None)
-        if schedule is not None:
-            values = schedule()
+        if self._timesteps is not None:
+            values = self._timesteps()
             if self.step < len(values):
                 self.timestep = float(values[self.step])
         self.active = conditional and (self.steps is None or self.step in self.steps)
