@@ -7,6 +7,9 @@ import torch
 
 import vidinterp
 
+# Tiny models: one thread avoids oversubscription when several test processes share the cores.
+torch.set_num_threads(1)
+
 ADAPTER_CASES = [
     pytest.param(family, variant, kwargs, id=f"{family}-{variant}")
     for family, cls in sorted(vidinterp.adapter_classes().items())

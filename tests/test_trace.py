@@ -155,3 +155,12 @@ def test_list_sites_shapes(pipe):
 def test_generation_needs_prompt(pipe):
     with pytest.raises(ValueError, match="generation needs a prompt"):
         vidinterp.trace(pipe, concepts=["dog"])
+
+
+def test_analysis_for_absent_site_kind_is_a_clear_error(pipe):
+    from vidinterp.analyses.lambda2 import Lambda2
+
+    analysis = Lambda2()
+    analysis.site_kinds = ("cross",)
+    with pytest.raises(ValueError, match=r"reads sites of kind \['cross'\], but cogvideox has sites of kind \['joint'\]"):
+        vidinterp.trace(pipe, prompt="a dog", concepts=["dog"], analyses=[analysis], num_inference_steps=2)

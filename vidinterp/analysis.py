@@ -144,6 +144,7 @@ class Analysis(ABC):
         if self.layout is None:
             raise RuntimeError(
                 f"analysis {self.name!r} saw no site visit: check that its steps "
-                f"({self.steps!r}) and layers ({self.layers!r}) select some of the traced ones"
+                f"({self.steps!r}) and layers ({self.layers!r}) select some of the traced ones "
+                f"and that the model's sites provide the tensors it reads {list(self.requires)}"
             )
         return self.layout

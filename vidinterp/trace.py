@@ -212,6 +212,13 @@ def trace(
     analyses = list(analyses) if analyses is not None else default_analyses(adapter)
     if not analyses:
         raise ValueError("analyses must hold at least one analysis; got an empty list")
+    kinds = {spec.kind for spec in adapter.site_specs()}
+    for analysis in analyses:
+        if not kinds & set(analysis.site_kinds):
+            raise ValueError(
+                f"analysis {analysis.name!r} reads sites of kind {list(analysis.site_kinds)}, but "
+                f"{adapter.family} has sites of kind {sorted(kinds)}"
+            )
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     mode = "generation" if video is None else "renoise"
