@@ -68,10 +68,13 @@ _SUFFIX_PIECES = ("##ing", "##ed", "##s", "##er", "##ly", "##y")
 
 
 def _argument(module: nn.Module, args: tuple, kwargs: dict, name: str):
-    """The value of parameter ``name`` of ``module.forward`` in a hook's ``args``/``kwargs``."""
+    """The value of parameter ``name`` of ``module.forward`` in a hook's ``args``/``kwargs``.
+
+    Reads the class's ``forward`` signature (without ``self``): wrappers such as nnsight's
+    replace the instance's ``forward`` with one whose signature differs."""
     if name in kwargs:
         return kwargs[name]
-    parameters = list(inspect.signature(module.forward).parameters)
+    parameters = list(inspect.signature(type(module).forward).parameters)[1:]
     return args[parameters.index(name)]
 
 

@@ -39,6 +39,7 @@ class IMAP(GramCol):
 
     name = "imap"
     default = True
+    min_frames = 2  # motion heads separate frames
 
     def __init__(
         self,

@@ -36,6 +36,7 @@ class Separation(Analysis):
     group = "heads"
     requires = (("z", "visual"),)
     default = True
+    min_frames = 2
 
     def __init__(self, scores: Iterable[str] = ("chi", "davies_bouldin", "silhouette", "fisher"), *,
                  silhouette_sample_size: int = 512, seed: int = 0, steps=None, layers=None) -> None:
@@ -50,8 +51,6 @@ class Separation(Analysis):
         self.records = {score: RunningMeans() for score in self.scores}
 
     def update(self, visit: SiteVisit) -> None:
-        if visit.layout.frames < 2:
-            return  # one frame: nothing to separate
         outputs = frames_view(visit.get("z", "visual"), visit.layout.frames)
         for score in self.scores:
             options = {"sample_size": self.silhouette_sample_size, "generator_or_seed": self.seed} if score == "silhouette" else {}

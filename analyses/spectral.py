@@ -154,12 +154,14 @@ def second_eigenvalue_magnitude(
 
     Returns:
         ``[batch, heads]`` float32 tensor of ``|lambda2|`` on the query's device, or a
-        :class:`Lambda2Estimate` when ``return_info`` is True. Without padding the matrix-free
-        result is accurate to about ``tol`` for converged heads; check
-        ``Lambda2Estimate.converged``.
+        :class:`Lambda2Estimate` when ``return_info`` is True. For converged heads (see
+        ``Lambda2Estimate.converged``) the error is typically below ``tol``; the residual bounds
+        it exactly only for normal matrices, and attention is not normal, so ill-conditioned
+        eigenvalues can be less accurate.
 
     Raises:
-        ValueError: for malformed inputs or parameters.
+        TypeError: if ``query``, ``key`` or ``key_padding_mask`` is not a tensor.
+        ValueError: for malformed shapes, dtypes, devices or parameters.
     """
     batch, heads, tokens, head_dim = _check_qk(query, key)
     valid = _check_mask(key_padding_mask, batch, tokens, query.device)
@@ -171,21 +173,31 @@ def second_eigenvalue_magnitude(
     if method == "dense":
         estimate = _dense(query, key, scale, valid)
     elif method == "krylov":
-        for name, value, low in (("krylov_dim", krylov_dim, 1), ("max_restarts", max_restarts, 0)):
-            if value < low:
-                raise ValueError(f"{name} must be an int >= {low}, got {value}")
-        if block_size is not None and block_size < 1:
-            raise ValueError(f"block_size must be an int >= 1 or None, got {block_size}")
-        if query_chunk is not None and query_chunk < 1:
-            raise ValueError(f"query_chunk must be an int >= 1 or None, got {query_chunk}")
+        for name, value, low, optional in (
+            ("krylov_dim", krylov_dim, 1, False),
+            ("max_restarts", max_restarts, 0, False),
+            ("block_size", block_size, 1, True),
+            ("query_chunk", query_chunk, 1, True),
+        ):
+            if optional and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                expected = f"an int >= {low}" + (" or None" if optional else "")
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
         if query_chunk is None:
-            query_chunk = max(1, _AUTO_CHUNK_SCORE_BYTES // (batch * heads * tokens * 4))
-        operator = _DeflatedAttention(query, key, scale, valid, min(query_chunk, tokens))
+            query_chunk = max(
+                1, _AUTO_CHUNK_SCORE_BYTES // (batch * heads * tokens * 4)
+            )
+        operator = _DeflatedAttention(
+            query, key, scale, valid, min(query_chunk, tokens)
+        )
         estimate = _block_arnoldi(
             operator,
-            block_size=min(head_dim if block_size is None else block_size, max(1, tokens // 2)),
+            block_size=min(
+                head_dim if block_size is None else block_size, max(1, tokens // 2)
+            ),
             krylov_dim=krylov_dim,
             max_restarts=max_restarts,
             tol=tol,
@@ -200,21 +212,27 @@ def _check_qk(query: torch.Tensor, key: torch.Tensor) -> tuple[int, int, int, in
     """Validate ``query``/``key`` and return ``(batch, heads, tokens, head_dim)``."""
     for name, tensor in (("query", query), ("key", key)):
         if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(tensor).__name__}"
+            )
         if tensor.ndim != 4:
             raise ValueError(
                 f"{name} must have 4 dims [batch, heads, tokens, head_dim], "
                 f"got shape {tuple(tensor.shape)}"
             )
         if not tensor.is_floating_point():
-            raise ValueError(f"{name} must be a floating tensor, got dtype {tensor.dtype}")
+            raise ValueError(
+                f"{name} must be a floating tensor, got dtype {tensor.dtype}"
+            )
     if key.shape != query.shape:
         raise ValueError(
             f"key must have the query's shape {tuple(query.shape)} "
             f"[batch, heads, tokens, head_dim], got {tuple(key.shape)}"
         )
     if key.device != query.device:
-        raise ValueError(f"key must be on the query's device {query.device}, got {key.device}")
+        raise ValueError(
+            f"key must be on the query's device {query.device}, got {key.device}"
+        )
     batch, heads, tokens, head_dim = query.shape
     if min(batch, heads, head_dim) < 1 or tokens < 2:
         raise ValueError(
@@ -230,8 +248,15 @@ def _check_mask(
     """Validate ``key_padding_mask``; return it (bool, on ``device``) or None if all valid."""
     if mask is None:
         return None
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise ValueError("key_padding_mask must be a bool tensor [batch, tokens], True = valid")
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(
+            f"key_padding_mask must be a torch.Tensor or None, got {type(mask).__name__}"
+        )
+    if mask.dtype != torch.bool:
+        raise ValueError(
+            "key_padding_mask must be a bool tensor [batch, tokens] (True = valid), "
+            f"got dtype {mask.dtype}"
+        )
     if tuple(mask.shape) != (batch, tokens):
         raise ValueError(
             f"key_padding_mask must have shape (batch, tokens) = {(batch, tokens)}, "
@@ -296,9 +321,11 @@ class _DeflatedAttention:
         self.row_weight: torch.Tensor | None = None
         self.row_keep: torch.Tensor | None = None
         if valid is not None:
-            self.attn_mask = valid[:, None, None, :]  # [b, 1, 1, t], broadcast over heads/rows
-            # u as a column weight, [b, 1, t, 1]: u_j = 1 / n_valid on valid tokens, 0 on padding.
-            self.row_weight = (valid.float() / valid.sum(dim=-1, keepdim=True))[:, None, :, None]
+            # Keys: [b, 1, 1, t], broadcast over heads and query rows.
+            self.attn_mask = valid[:, None, None, :]
+            # u as a weight over tokens, [b, 1, t, 1]: 1 / n_valid on valid tokens, else 0.
+            uniform = valid.float() / valid.sum(dim=-1, keepdim=True)
+            self.row_weight = uniform[:, None, :, None]
             self.row_keep = valid[:, None, :, None]
 
     def __call__(self, block: torch.Tensor) -> torch.Tensor:
@@ -379,7 +406,9 @@ def _block_arnoldi(
     while True:
         rows = start.new_empty(batch, heads, dim + p, tokens)  # basis vectors as rows
         rows[..., :p, :] = start.mT
-        hess = torch.zeros(batch, heads, dim + p, dim, dtype=torch.float64, device=device)
+        hess = torch.zeros(
+            batch, heads, dim + p, dim, dtype=torch.float64, device=device
+        )
         for j in range(steps):
             cols = slice(j * p, (j + 1) * p)
             image = operator(rows[..., cols, :].mT)
@@ -394,7 +423,9 @@ def _block_arnoldi(
         vectors = vectors.gather(-1, order[..., None, :].expand_as(vectors))
         # ||B V y - theta V y|| = ||H_{m+1,m} y_m|| for unit y (V orthonormal).
         tail = hess[..., dim:, dim - p :].to(vectors.dtype)
-        residual = torch.linalg.vector_norm(tail @ vectors[..., dim - p :, :1], dim=(-2, -1))
+        residual = torch.linalg.vector_norm(
+            tail @ vectors[..., dim - p :, :1], dim=(-2, -1)
+        )
         converged = residual <= tol
         if bool(converged.all()) or restarts == max_restarts:
             break

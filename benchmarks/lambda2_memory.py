@@ -28,7 +28,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
-
 from vidinterp.analyses.spectral import Lambda2Estimate, second_eigenvalue_magnitude
 
 _T = TypeVar("_T")
@@ -43,7 +42,9 @@ def _rss_bytes() -> int:
     raise RuntimeError("VmRSS not found in /proc/self/status (Linux only)")
 
 
-def _measure_cpu(fn: Callable[[], _T], interval_s: float = 0.001) -> tuple[_T, float, int]:
+def _measure_cpu(
+    fn: Callable[[], _T], interval_s: float = 0.001
+) -> tuple[_T, float, int]:
     """Run ``fn``; return its result, wall seconds and peak RSS above the starting RSS."""
     baseline = _rss_bytes()
     peak = baseline
@@ -101,7 +102,9 @@ def _make_qk(
     tokens = prompt + frames * height * width
     shape = (batch, heads, tokens, head_dim)
     if kind == "random":
-        return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+        return torch.randn(shape, generator=generator), torch.randn(
+            shape, generator=generator
+        )
     grid = torch.stack(
         torch.meshgrid(
             torch.arange(frames) / 2.0,
@@ -118,18 +121,30 @@ def _make_qk(
     text_q = torch.randn(batch, heads, prompt, head_dim, generator=generator)
     text_k = torch.randn(batch, heads, prompt, head_dim, generator=generator)
     noise = 0.5
-    query = torch.cat([text_q, visual + noise * torch.randn(visual.shape, generator=generator)], 2)
-    key = torch.cat([text_k, visual + noise * torch.randn(visual.shape, generator=generator)], 2)
+    query = torch.cat(
+        [text_q, visual + noise * torch.randn(visual.shape, generator=generator)], 2
+    )
+    key = torch.cat(
+        [text_k, visual + noise * torch.randn(visual.shape, generator=generator)], 2
+    )
     return query, key
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments, run the benchmark and print the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=13, help="latent frames (default 13)")
-    parser.add_argument("--height", type=int, default=30, help="latent patch rows (default 30)")
-    parser.add_argument("--width", type=int, default=45, help="latent patch cols (default 45)")
-    parser.add_argument("--prompt", type=int, default=226, help="prompt tokens (default 226)")
+    parser.add_argument(
+        "--frames", type=int, default=13, help="latent frames (default 13)"
+    )
+    parser.add_argument(
+        "--height", type=int, default=30, help="latent patch rows (default 30)"
+    )
+    parser.add_argument(
+        "--width", type=int, default=45, help="latent patch cols (default 45)"
+    )
+    parser.add_argument(
+        "--prompt", type=int, default=226, help="prompt tokens (default 226)"
+    )
     parser.add_argument(
         "--small", action="store_true", help="use 4 x 10 x 15 + 26 = 626 tokens instead"
     )
@@ -138,12 +153,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--qk", choices=("random", "local"), default="random")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    parser.add_argument("--krylov-dim", type=int, default=4, help="passes per restart cycle")
-    parser.add_argument("--block-size", type=int, default=None, help="default: head_dim")
+    parser.add_argument(
+        "--krylov-dim", type=int, default=4, help="passes per restart cycle"
+    )
+    parser.add_argument(
+        "--block-size", type=int, default=None, help="default: head_dim"
+    )
     parser.add_argument("--max-restarts", type=int, default=15)
     parser.add_argument("--tol", type=float, default=1e-4)
-    parser.add_argument("--query-chunk", type=int, default=None, help="default: automatic")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--query-chunk", type=int, default=None, help="default: automatic"
+    )
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--check-dense", action="store_true", help="also run method='dense' and compare"
@@ -183,7 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     # Warm up kernels and thread pools on a slice so the measurement sees only the solver.
-    second_eigenvalue_magnitude(query[:, :, :256], key[:, :, :256], krylov_dim=1, max_restarts=0)
+    second_eigenvalue_magnitude(
+        query[:, :, :256], key[:, :, :256], krylov_dim=1, max_restarts=0
+    )
     if device.type == "cuda":
         info, wall, extra = _measure_cuda(run, device)
         memory_kind = "torch.cuda.max_memory_allocated delta"
@@ -192,7 +217,9 @@ def main(argv: list[str] | None = None) -> None:
         memory_kind = "peak VmRSS delta (1 ms sampler)"
     dense_bytes = tokens * tokens * 4
 
-    print(f"device                     : {device} ({torch.get_num_threads()} CPU threads)")
+    print(
+        f"device                     : {device} ({torch.get_num_threads()} CPU threads)"
+    )
     print(
         f"geometry                   : {args.frames} x {args.height} x {args.width} visual + "
         f"{args.prompt} prompt = {tokens:,} tokens"
@@ -206,10 +233,14 @@ def main(argv: list[str] | None = None) -> None:
         f"tol {args.tol:g}, max_restarts {args.max_restarts}"
     )
     print(f"wall time                  : {wall:.1f} s")
-    print(f"attention-equivalent passes: {info.attention_passes} ({info.restarts} restarts)")
+    print(
+        f"attention-equivalent passes: {info.attention_passes} ({info.restarts} restarts)"
+    )
     print(f"time per pass              : {wall / info.attention_passes:.2f} s")
     print(f"extra peak memory          : {extra / 2**20:.1f} MiB  [{memory_kind}]")
-    print(f"one float32 P x P matrix   : {dense_bytes / 2**20:.1f} MiB ({dense_bytes:,} bytes)")
+    print(
+        f"one float32 P x P matrix   : {dense_bytes / 2**20:.1f} MiB ({dense_bytes:,} bytes)"
+    )
     print(f"P x P / extra peak         : {dense_bytes / max(extra, 1):.1f}x")
     print(f"|lambda2| per head         : {info.modulus.flatten().tolist()}")
     print(f"Ritz residual per head     : {info.residual.flatten().tolist()}")

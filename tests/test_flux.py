@@ -3,6 +3,7 @@ geometry, the pipeline's schedule, renoising helpers and true-CFG call detection
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,13 +137,27 @@ def test_timesteps_follow_the_pipeline_schedule_for_the_geometry(pipe):
         return {}
 
     pipe(prompt=PROMPT, height=16, width=24, num_inference_steps=4, output_type="latent",
-         callback_on_step_end=record, **{"max_sequence_length": adapter.max_sequence_length})
+         callback_on_step_end=record, max_sequence_length=adapter.max_sequence_length)
     assert torch.equal(adapter.timesteps_for(4, (1, 16, 24)), seen["timesteps"])
     native = adapter.timesteps(4)  # 16x16: another shift only with dynamic shifting (dev)
     if pipe.scheduler.config.use_dynamic_shifting:
         assert not torch.equal(native, seen["timesteps"])
     else:
         assert torch.equal(native, seen["timesteps"])
+
+
+def test_renoising_uses_the_schedule_of_the_image_geometry():
+    from vidinterp.analyses.cross_attention import CrossAttention
+
+    pipe = vidinterp.testing.tiny_pipeline("flux", variant="dev")
+    image = np.random.default_rng(0).integers(0, 256, (1, 16, 24, 3), dtype=np.uint8)
+    trace = vidinterp.trace(pipe, video=image, prompt=PROMPT, concepts=CONCEPTS, num_inference_steps=4,
+                            analyses=[CrossAttention()])
+    used = pipe.scheduler.timesteps.clone()
+    assert torch.equal(used, adapter_for(pipe).timesteps_for(4, (1, 16, 24)))
+    assert not torch.equal(used, adapter_for(pipe).timesteps(4))
+    assert dict(trace.maps.sizes) == {"concept": 2, "frame": 1, "y": 4, "x": 6}
+    assert trace.attrs["analysed_steps"] == [2]  # ConceptAttention's reference: index 2 of 4
 
 
 def test_encode_video_and_denoiser_use_pipeline_latent_conventions(pipe):
@@ -199,3 +214,32 @@ def test_fused_projections_stay_bit_identical():
         traced = _run(pipe)
     assert torch.equal(traced, reference)
     torch.testing.assert_close(concept_outputs[1], concept_outputs[0])
+
+
+def test_head_ablation_through_torch_hook_and_nnsight_agree():
+    """Hook tensors are transposed views of the stock ``[B, S, H, d]`` tensors: a returned
+    replacement and an in-place nnsight edit must both reach the model."""
+    from nnsight import NNsight
+
+    pipe = vidinterp.testing.tiny_pipeline("flux", variant="schnell")
+    inputs = _inputs(pipe)
+    site = f"blocks.{len(pipe.transformer.transformer_blocks)}.attn.hook_z"  # first single-stream site
+    with torch.no_grad():
+        stock = pipe.transformer(**inputs)[0]
+        with vidinterp.hooked(pipe) as graph:
+            def ablate(module, args, output):
+                output = output.clone()
+                output[:, 1] = 0
+                return output
+
+            handle = graph.module(site).register_forward_hook(ablate)
+            ablated = pipe.transformer(**inputs)[0]
+            handle.remove()
+            model = NNsight(pipe.transformer)
+            with model.trace(**inputs):
+                graph.envoy(model, site).output[:, 1] = 0
+                edited = model.output.save()
+        restored = pipe.transformer(**inputs)[0]
+    assert not torch.equal(stock, ablated)
+    assert torch.equal(ablated, edited[0])
+    assert torch.equal(stock, restored)

@@ -15,15 +15,6 @@ PROMPTS = ["a red dog walking on green grass", "a cat"]
 CONCEPTS = ["dog", "grass"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run far faster on one thread (no OpenMP contention on shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def pipe():
     pipe = HunyuanVideoAdapter.tiny_pipeline()
@@ -316,3 +307,30 @@ def test_renoise_path_matches_pipeline(pipe):
     assert latents.shape == (1, 4, 3, 8, 12)
     torch.testing.assert_close(latents, raw * pipe.vae.config.scaling_factor)
     assert int(adapter.default_renoise_fraction * 30) == 20
+
+
+def test_nnsight_reads_sites_and_concept_stream(pipe):
+    """nnsight reaches the hook points (its wrappers change the blocks' ``forward`` signature,
+    which the block hooks must survive), the output stays exact, and edits act on the model."""
+    nnsight = pytest.importorskip("nnsight")
+    inputs = _call_inputs(pipe, PROMPTS[:1])
+    plain: list[torch.Tensor] = []
+    with torch.no_grad():
+        reference = pipe.transformer(**inputs)[0]
+        with vidinterp.hooked(pipe, concepts=CONCEPTS) as graph:
+            graph.module("blocks.1.attn.hook_concept_z").register_forward_hook(
+                lambda module, args, output: plain.append(output.clone()))
+            pipe.transformer(**inputs)
+        with vidinterp.hooked(pipe, concepts=CONCEPTS) as graph:
+            model = nnsight.NNsight(pipe.transformer)
+            with model.trace(**inputs):
+                concept_z = graph.envoy(model, "blocks.1.attn.hook_concept_z").output.clone().save()
+                output = model.output.save()
+        with vidinterp.hooked(pipe) as graph:
+            model = nnsight.NNsight(pipe.transformer)
+            with model.trace(**inputs):
+                graph.envoy(model, "blocks.3.attn.hook_z").output[:, 0] = 0
+                ablated = model.output.save()
+    assert torch.equal(output[0], reference)
+    assert torch.equal(concept_z, plain[0])
+    assert not torch.equal(ablated[0], reference)

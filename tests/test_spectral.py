@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
-
 from vidinterp.analyses import spectral
 from vidinterp.analyses.spectral import Lambda2Estimate, second_eigenvalue_magnitude
 
@@ -68,7 +67,9 @@ def _cyclic_qk(tokens: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     group = torch.arange(tokens) % 3
     basis = torch.eye(dim)
     key = 2.5 * basis[group] + 0.3 * torch.randn(tokens, dim, generator=generator)
-    query = 2.5 * basis[(group + 1) % 3] + 0.3 * torch.randn(tokens, dim, generator=generator)
+    query = 2.5 * basis[(group + 1) % 3] + 0.3 * torch.randn(
+        tokens, dim, generator=generator
+    )
     # Two heads with different sharpness.
     query = torch.stack([query, 1.3 * query])[None]
     return query, key.expand(1, 2, tokens, dim).clone()
@@ -110,7 +111,9 @@ def test_dense_matches_oracle(name: str) -> None:
     query, key = CASES[name]()
     dense = second_eigenvalue_magnitude(query, key, method="dense")
     assert dense.dtype == torch.float32
-    np.testing.assert_allclose(dense.numpy(), oracle_lambda2(query, key), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        dense.numpy(), oracle_lambda2(query, key), atol=1e-6, rtol=0
+    )
 
 
 def test_padding_mask_removes_tokens() -> None:
@@ -121,7 +124,9 @@ def test_padding_mask_removes_tokens() -> None:
     mask[1, 10:30] = False
     expected = oracle_lambda2(query, key, mask)
     krylov = second_eigenvalue_magnitude(query, key, key_padding_mask=mask)
-    dense = second_eigenvalue_magnitude(query, key, key_padding_mask=mask, method="dense")
+    dense = second_eigenvalue_magnitude(
+        query, key, key_padding_mask=mask, method="dense"
+    )
     np.testing.assert_allclose(krylov.numpy(), expected, atol=ATOL, rtol=0)
     np.testing.assert_allclose(dense.numpy(), expected, atol=1e-6, rtol=0)
     # Padded positions are ignored whatever they hold.
@@ -139,6 +144,27 @@ def test_padding_mask_removes_tokens() -> None:
         atol=ATOL,
         rtol=0,
     )
+
+
+def test_degenerate_chains() -> None:
+    # Zero queries: every row is uniform, A = 1 1^T / n exactly, so lambda2 = 0 and the
+    # deflated operator is (numerically) zero; the solver must not break down.
+    _, key = _random_qk(12, 1, 2, 64, 16, 1.0)
+    info = second_eigenvalue_magnitude(torch.zeros_like(key), key, return_info=True)
+    assert bool(info.converged.all())
+    assert float(info.modulus.max()) < 1e-5
+    # Two valid tokens: A = [[a, 1 - a], [1 - b, b]] has lambda2 = a + b - 1.
+    query, key = _random_qk(13, 1, 2, 40, 16, 2.0)
+    mask = torch.zeros(1, 40, dtype=torch.bool)
+    mask[0, [3, 17]] = True
+    scores = query[0][:, [3, 17]] @ key[0][:, [3, 17]].mT / 4.0
+    attention = torch.softmax(scores.double(), dim=-1)
+    expected = (attention[:, 0, 0] + attention[:, 1, 1] - 1).abs().float()
+    for method in ("krylov", "dense"):
+        result = second_eigenvalue_magnitude(
+            query, key, key_padding_mask=mask, method=method
+        )
+        torch.testing.assert_close(result[0], expected, atol=ATOL, rtol=0)
 
 
 def test_bfloat16_inputs_give_float32_output() -> None:
@@ -168,7 +194,9 @@ def test_chunking_gives_same_answer() -> None:
     whole = second_eigenvalue_magnitude(query, key, query_chunk=200, return_info=True)
     chunked = second_eigenvalue_magnitude(query, key, query_chunk=7, return_info=True)
     assert whole.attention_passes == chunked.attention_passes
-    np.testing.assert_allclose(chunked.modulus.numpy(), whole.modulus.numpy(), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(
+        chunked.modulus.numpy(), whole.modulus.numpy(), atol=1e-6, rtol=0
+    )
 
 
 def test_info_counts_passes_and_is_deterministic() -> None:
@@ -190,7 +218,9 @@ def test_info_counts_passes_and_is_deterministic() -> None:
     assert not bool(capped.converged.all())
 
 
-def test_matrix_free_path_never_allocates_tokens_squared(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_matrix_free_path_never_allocates_tokens_squared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     tokens, chunk = 768, 32
     square_bytes = tokens * tokens * 4
     query, key = _random_qk(10, 1, 1, tokens, 16, 1.0)
@@ -206,7 +236,9 @@ def test_matrix_free_path_never_allocates_tokens_squared(monkeypatch: pytest.Mon
 
     def largest_allocation(**kwargs) -> int:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            second_eigenvalue_magnitude(query, key, krylov_dim=2, max_restarts=1, **kwargs)
+            second_eigenvalue_magnitude(
+                query, key, krylov_dim=2, max_restarts=1, **kwargs
+            )
         return max(event.cpu_memory_usage for event in prof.events())
 
     matrix_free = largest_allocation(query_chunk=chunk)
@@ -222,21 +254,34 @@ def test_matrix_free_path_never_allocates_tokens_squared(monkeypatch: pytest.Mon
         ({"query": torch.zeros(2, 5, 8)}, r"4 dims \[batch, heads, tokens, head_dim\]"),
         ({"key": torch.zeros(1, 2, 6, 8)}, r"query's shape \(1, 2, 5, 8\)"),
         ({"query": torch.zeros(1, 2, 5, 8, dtype=torch.int64)}, "floating"),
-        ({"query": torch.zeros(1, 2, 1, 8), "key": torch.zeros(1, 2, 1, 8)}, "tokens >= 2"),
-        ({"key_padding_mask": torch.ones(1, 4, dtype=torch.bool)}, r"\(batch, tokens\) = \(1, 5\)"),
+        (
+            {"query": torch.zeros(1, 2, 1, 8), "key": torch.zeros(1, 2, 1, 8)},
+            "tokens >= 2",
+        ),
+        (
+            {"key_padding_mask": torch.ones(1, 4, dtype=torch.bool)},
+            r"\(batch, tokens\) = \(1, 5\)",
+        ),
         ({"key_padding_mask": torch.ones(1, 5)}, "bool tensor"),
-        ({"key_padding_mask": torch.tensor([[True, False, False, False, False]])}, "at least 2"),
+        (
+            {"key_padding_mask": torch.tensor([[True, False, False, False, False]])},
+            "at least 2",
+        ),
         ({"method": "power"}, "'krylov' or 'dense'"),
         ({"krylov_dim": 0}, "krylov_dim must be an int >= 1"),
         ({"max_restarts": -1}, "max_restarts must be an int >= 0"),
-        ({"block_size": 0}, "block_size"),
-        ({"query_chunk": 0}, "query_chunk"),
+        ({"krylov_dim": 2.0}, "krylov_dim must be an int >= 1, got 2.0"),
+        ({"block_size": 0}, "block_size must be an int >= 1 or None"),
+        ({"query_chunk": 0}, "query_chunk must be an int >= 1 or None"),
         ({"tol": 0.0}, "tol must be > 0"),
         ({"scale": float("nan")}, "finite"),
     ],
 )
 def test_bad_input_raises(kwargs: dict, message: str) -> None:
-    arguments = {"query": torch.zeros(1, 2, 5, 8), "key": torch.zeros(1, 2, 5, 8)} | kwargs
+    arguments = {
+        "query": torch.zeros(1, 2, 5, 8),
+        "key": torch.zeros(1, 2, 5, 8),
+    } | kwargs
     query, key = arguments.pop("query"), arguments.pop("key")
     with pytest.raises(ValueError, match=message):
         second_eigenvalue_magnitude(query, key, **arguments)

@@ -88,6 +88,8 @@ class Analysis(ABC):
     group: ClassVar[str] = "maps"
     #: whether ``vidinterp.trace`` runs it when no analyses are given.
     default: ClassVar[bool] = False
+    #: latent frames the method needs (2 for methods that compare frames).
+    min_frames: ClassVar[int] = 1
     #: Site kinds the analysis reads (see ``SiteSpec.kind``).
     site_kinds: ClassVar[tuple[str, ...]] = ("joint", "cross")
 

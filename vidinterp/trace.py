@@ -59,12 +59,38 @@ def validate_concepts(concepts: Iterable[str]) -> list[str]:
     return [name.strip() for name in names]
 
 
-def default_analyses(adapter: Adapter | None = None) -> list[Analysis]:
+def default_analyses(adapter: Adapter | None = None, frames: int | None = None) -> list[Analysis]:
     """One instance of every registered analysis marked ``default``; with an ``adapter``, only
-    those that read a site kind its model has (e.g. no concept-stream analyses for Wan)."""
+    those that read a site kind its model has (e.g. no concept-stream analyses for Wan), and
+    with ``frames`` (latent frames) only those that need no more frames (no motion-head
+    selection for one-frame image models)."""
     kinds = None if adapter is None else {spec.kind for spec in adapter.site_specs()}
     return [cls() for cls in analysis_classes().values()
-            if cls.default and (kinds is None or kinds & set(cls.site_kinds))]
+            if cls.default and (kinds is None or kinds & set(cls.site_kinds))
+            and (frames is None or cls.min_frames <= frames)]
+
+
+def _checked_analyses(analyses: Iterable[Analysis] | None, adapter: Adapter, frames: int) -> list[Analysis]:
+    """The given analyses (default: :func:`default_analyses`), each checked against the model's
+    site kinds and the number of latent frames."""
+    if analyses is None:
+        return default_analyses(adapter, frames)
+    analyses = list(analyses)
+    if not analyses:
+        raise ValueError("analyses must hold at least one analysis; got an empty list")
+    kinds = {spec.kind for spec in adapter.site_specs()}
+    for analysis in analyses:
+        if not kinds & set(analysis.site_kinds):
+            raise ValueError(
+                f"analysis {analysis.name!r} reads sites of kind {list(analysis.site_kinds)}, but "
+                f"{adapter.family} has sites of kind {sorted(kinds)}"
+            )
+        if analysis.min_frames > frames:
+            raise ValueError(
+                f"analysis {analysis.name!r} needs at least {analysis.min_frames} latent frames; "
+                f"this video has {frames}"
+            )
+    return analyses
 
 
 @contextmanager
@@ -209,16 +235,6 @@ def trace(
     pipe = load_pipeline(model)
     adapter = adapter_for(pipe)
     names = validate_concepts(concepts)
-    analyses = list(analyses) if analyses is not None else default_analyses(adapter)
-    if not analyses:
-        raise ValueError("analyses must hold at least one analysis; got an empty list")
-    kinds = {spec.kind for spec in adapter.site_specs()}
-    for analysis in analyses:
-        if not kinds & set(analysis.site_kinds):
-            raise ValueError(
-                f"analysis {analysis.name!r} reads sites of kind {list(analysis.site_kinds)}, but "
-                f"{adapter.family} has sites of kind {sorted(kinds)}"
-            )
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     mode = "generation" if video is None else "renoise"
@@ -234,6 +250,7 @@ def trace(
     else:
         geometry = tuple(given or default for given, default in
                          zip((num_frames, height, width), adapter.default_geometry()))
+    analyses = _checked_analyses(analyses, adapter, adapter.layout_for(*geometry).frames)
     timesteps = adapter.timesteps_for(num_inference_steps, geometry)
     if mode == "renoise":
         start = int(adapter.default_renoise_fraction * num_inference_steps) if renoise_step is None else int(renoise_step)
