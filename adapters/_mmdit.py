@@ -18,7 +18,6 @@ Files starting with an underscore are not registered as adapters.
 
 from __future__ import annotations
 
-import inspect
 from abc import abstractmethod
 from typing import Any, ClassVar
 
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from vidinterp.adapter import Adapter, ConceptTokens
+from vidinterp.adapter import Adapter, ConceptTokens, call_hooks, concept_block_hooks
 from vidinterp.layout import TokenLayout
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor
@@ -35,22 +34,12 @@ from vidinterp.sites import SiteProcessor
 __all__ = [
     "MMDiTConceptStream",
     "ImageMMDiTAdapter",
-    "argument",
     "to_heads",
     "concept_attention",
     "clip_word_tokenizer",
     "tiny_clip_encoder",
     "tiny_image_vae",
 ]
-
-
-def argument(module: nn.Module, args: tuple, kwargs: dict, name: str, default: Any = None) -> Any:
-    """The value of parameter ``name`` of ``module.forward`` in a hook's ``args``/``kwargs``
-    (``default`` when the call leaves it out)."""
-    if name in kwargs:
-        return kwargs[name]
-    index = list(inspect.signature(module.forward).parameters).index(name)
-    return args[index] if index < len(args) else default
 
 
 def to_heads(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -289,34 +278,15 @@ class ImageMMDiTAdapter(Adapter):
         branches (Flux true-CFG negative call, SD3 skip-layer guidance)."""
 
     def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
-        transformer = self.transformer
-
         def before_transformer(module, args, kwargs):
             layout, conditional, prompt = self._call_layout(module, args, kwargs, runtime)
             runtime.begin_call(layout, conditional=conditional)
             if runtime.concepts_active:
                 runtime.concept_state.start(layout.conditional_batch, prompt)
 
-        def after_transformer(module, args, output):
-            runtime.end_call()
-
-        def before_block(block, args, kwargs):
-            if runtime.concepts_active:
-                temb = argument(block, args, kwargs, "temb")
-                runtime.concept_state.before_block(block, temb[runtime.layout.conditional_rows])
-
-        def after_block(block, args, output):
-            if runtime.concepts_active:
-                runtime.concept_state.after_block(block)
-
-        handles = [
-            transformer.register_forward_pre_hook(before_transformer, with_kwargs=True),
-            transformer.register_forward_hook(after_transformer),
-        ]
-        for block in transformer.transformer_blocks:
-            handles.append(block.register_forward_pre_hook(before_block, with_kwargs=True))
-            handles.append(block.register_forward_hook(after_block))
-        return handles
+        return call_hooks(self.transformer, runtime, before_transformer) + concept_block_hooks(
+            list(self.transformer.transformer_blocks), runtime
+        )
 
 
 # -------------------------------------------------------------------- tiny parts

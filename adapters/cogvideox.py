@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from vidinterp.adapter import Adapter, ConceptReduction, ConceptTokens, reduce_concept_rows, word_pieces
+from vidinterp.adapter import (
+    Adapter,
+    ConceptReduction,
+    ConceptTokens,
+    call_argument,
+    call_hooks,
+    concept_block_hooks,
+    reduce_concept_rows,
+    word_pieces,
+)
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
@@ -153,14 +162,6 @@ class CogVideoXSiteProcessor(SiteProcessor):
         return {"q": query_c, "k": key_c, "v": value_c, "z": output_c}
 
 
-def _argument(module: nn.Module, args: tuple, kwargs: dict, name: str):
-    """The value of parameter ``name`` of ``module.forward`` in a hook's ``args``/``kwargs``."""
-    if name in kwargs:
-        return kwargs[name]
-    parameters = list(inspect.signature(module.forward).parameters)
-    return args[parameters.index(name)]
-
-
 @register_adapter
 class CogVideoXAdapter(Adapter):
     family = "cogvideox"
@@ -186,11 +187,9 @@ class CogVideoXAdapter(Adapter):
         return CogVideoXSiteProcessor(spec, original, runtime)
 
     def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
-        transformer = self.transformer
-
         def before_transformer(module, args, kwargs):
-            latents = _argument(module, args, kwargs, "hidden_states")
-            prompt = _argument(module, args, kwargs, "encoder_hidden_states")
+            latents = call_argument(module, args, kwargs, "hidden_states")
+            prompt = call_argument(module, args, kwargs, "encoder_hidden_states")
             batch, latent_frames, _, latent_height, latent_width = latents.shape
             layout = self._layout(batch, latent_frames, latent_height, latent_width, prompt.shape[1],
                                   runtime.cfg_batched, runtime.pixel_frames)
@@ -198,26 +197,9 @@ class CogVideoXAdapter(Adapter):
             if runtime.concepts_active:
                 runtime.concept_state.start(layout.conditional_batch, prompt)
 
-        def after_transformer(module, args, output):
-            runtime.end_call()
-
-        def before_block(block, args, kwargs):
-            if runtime.concepts_active:
-                temb = _argument(block, args, kwargs, "temb")
-                runtime.concept_state.before_block(block, temb[runtime.layout.conditional_rows])
-
-        def after_block(block, args, output):
-            if runtime.concepts_active:
-                runtime.concept_state.after_block(block)
-
-        handles = [
-            transformer.register_forward_pre_hook(before_transformer, with_kwargs=True),
-            transformer.register_forward_hook(after_transformer),
-        ]
-        for block in transformer.transformer_blocks:
-            handles.append(block.register_forward_pre_hook(before_block, with_kwargs=True))
-            handles.append(block.register_forward_hook(after_block))
-        return handles
+        return call_hooks(self.transformer, runtime, before_transformer) + concept_block_hooks(
+            list(self.transformer.transformer_blocks), runtime
+        )
 
     # ---------------------------------------------------------------- text
     @property

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from vidinterp.adapter import ConceptReduction, ConceptTokens, reduce_concept_rows, word_pieces
+from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, reduce_concept_rows, word_pieces
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
@@ -42,7 +42,6 @@ from vidinterp.sites import SiteProcessor, SiteSpec
 
 from ._mmdit import (
     ImageMMDiTAdapter,
-    argument,
     clip_word_tokenizer,
     concept_attention,
     tiny_clip_encoder,
@@ -135,6 +134,7 @@ class FluxSiteProcessor(SiteProcessor):
 class FluxAdapter(ImageMMDiTAdapter):
     family = "flux"
     transformer_class_names = ("FluxTransformer2DModel",)
+    default_renoise_guidance = None  # embedded guidance: keep the pipeline default
     prompt_first = True
 
     # ---------------------------------------------------------------- sites
@@ -168,9 +168,9 @@ class FluxAdapter(ImageMMDiTAdapter):
 
     def _call_layout(self, module: nn.Module, args: tuple, kwargs: dict,
                      runtime: Runtime) -> tuple[TokenLayout, bool, torch.Tensor]:
-        latents = argument(module, args, kwargs, "hidden_states")
-        prompt = argument(module, args, kwargs, "encoder_hidden_states")
-        image_ids = argument(module, args, kwargs, "img_ids")
+        latents = call_argument(module, args, kwargs, "hidden_states")
+        prompt = call_argument(module, args, kwargs, "encoder_hidden_states")
+        image_ids = call_argument(module, args, kwargs, "img_ids")
         image_ids = image_ids[0] if image_ids.ndim == 3 else image_ids
         rows, columns = (int(image_ids[:, axis].max()) + 1 for axis in (1, 2))
         if rows * columns != latents.shape[1]:

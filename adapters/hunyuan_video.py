@@ -43,7 +43,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from vidinterp.adapter import Adapter, ConceptReduction, ConceptTokens, reduce_concept_rows
+from vidinterp.adapter import (
+    Adapter,
+    ConceptReduction,
+    ConceptTokens,
+    call_argument,
+    call_hooks,
+    concept_block_hooks,
+    reduce_concept_rows,
+)
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
@@ -54,7 +62,7 @@ __all__ = ["HunyuanVideoAdapter", "HunyuanVideoSiteProcessor", "HunyuanVideoConc
 #: ``HunyuanVideoPipeline.check_inputs`` requires pixel heights and widths divisible by this.
 PIPELINE_PIXEL_MULTIPLE = 16
 #: Reference geometry of the IMAP HunyuanVideo experiments (frames, height, width) in pixels,
-#: the default for models whose config does not name a ``sample_geometry``.
+#: the default for models whose config does not name a ``native_geometry``.
 REFERENCE_GEOMETRY = (49, 480, 720)
 #: The Llama-3 pre-tokenisation pattern (used by the tiny offline tokenizer).
 _LLAMA3_SPLIT = (
@@ -65,17 +73,6 @@ _LLAMA3_SPECIAL_TOKENS = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<unk>",
 )
 _SUFFIX_PIECES = ("##ing", "##ed", "##s", "##er", "##ly", "##y")
-
-
-def _argument(module: nn.Module, args: tuple, kwargs: dict, name: str):
-    """The value of parameter ``name`` of ``module.forward`` in a hook's ``args``/``kwargs``.
-
-    Reads the class's ``forward`` signature (without ``self``): wrappers such as nnsight's
-    replace the instance's ``forward`` with one whose signature differs."""
-    if name in kwargs:
-        return kwargs[name]
-    parameters = list(inspect.signature(type(module).forward).parameters)[1:]
-    return args[parameters.index(name)]
 
 
 class HunyuanVideoConceptStream:
@@ -292,6 +289,7 @@ class HunyuanVideoAdapter(Adapter):
     family = "hunyuan_video"
     transformer_class_names = ("HunyuanVideoTransformer3DModel",)
     default_renoise_fraction = 2 / 3  # reference: step 20 of 30
+    default_renoise_guidance = None  # embedded guidance: keep the pipeline default
 
     def __init__(self, pipe) -> None:
         from diffusers import HunyuanVideoPipeline
@@ -335,36 +333,17 @@ class HunyuanVideoAdapter(Adapter):
         call_name = _CacheContextName(transformer)
 
         def before_transformer(module, args, kwargs):
-            latents = _argument(module, args, kwargs, "hidden_states")
-            prompt_mask = _argument(module, args, kwargs, "encoder_attention_mask")
+            latents = call_argument(module, args, kwargs, "hidden_states")
+            prompt_mask = call_argument(module, args, kwargs, "encoder_attention_mask")
             batch, _, latent_frames, latent_height, latent_width = latents.shape
             layout = self._layout(batch, latent_frames, latent_height, latent_width, prompt_mask)
             runtime.begin_call(layout, conditional=call_name.name != "uncond")
             if runtime.concepts_active:
-                timestep = _argument(module, args, kwargs, "timestep")
+                timestep = call_argument(module, args, kwargs, "timestep")
                 runtime.concept_state.begin(timestep.reshape(-1).expand(batch)[layout.conditional_rows])
 
-        def after_transformer(module, args, output):
-            runtime.end_call()
-
-        def before_block(block, args, kwargs):
-            if runtime.concepts_active:
-                temb = _argument(block, args, kwargs, "temb")
-                runtime.concept_state.before_block(block, temb[runtime.layout.conditional_rows])
-
-        def after_block(block, args, output):
-            if runtime.concepts_active:
-                runtime.concept_state.after_block(block)
-
-        handles = [
-            call_name,
-            transformer.register_forward_pre_hook(before_transformer, with_kwargs=True),
-            transformer.register_forward_hook(after_transformer),
-        ]
-        for block in transformer.transformer_blocks:
-            handles.append(block.register_forward_pre_hook(before_block, with_kwargs=True))
-            handles.append(block.register_forward_hook(after_block))
-        return handles
+        return [call_name, *call_hooks(transformer, runtime, before_transformer),
+                *concept_block_hooks(list(transformer.transformer_blocks), runtime)]
 
     # ---------------------------------------------------------------- text
     def _call_default(self, name: str) -> Any:
@@ -454,9 +433,9 @@ class HunyuanVideoAdapter(Adapter):
         return math.lcm(PIPELINE_PIXEL_MULTIPLE, self.spatial_compression * self.transformer.config.patch_size)
 
     def default_geometry(self) -> tuple[int, int, int]:
-        """``sample_geometry`` from the transformer config when present (tiny pipelines record
+        """``native_geometry`` from the transformer config when present (tiny pipelines record
         theirs), else the reference geometry, 49 frames at 480x720."""
-        return tuple(int(v) for v in self.transformer.config.get("sample_geometry", REFERENCE_GEOMETRY))
+        return tuple(int(v) for v in self.transformer.config.get("native_geometry", REFERENCE_GEOMETRY))
 
     def check_geometry(self, num_frames: int, height: int, width: int) -> None:
         k, patch_t = self.temporal_compression, self.transformer.config.patch_size_t
@@ -626,7 +605,7 @@ class HunyuanVideoAdapter(Adapter):
         torch.manual_seed(seed)
         transformer = HunyuanVideoTransformer3DModel(**config).eval()
         latent_frames = 3 if config["patch_size_t"] == 1 else 2 * config["patch_size_t"]
-        transformer.register_to_config(sample_geometry=(4 * (latent_frames - 1) + 1, 32, 48))
+        transformer.register_to_config(native_geometry=(4 * (latent_frames - 1) + 1, 32, 48))
         torch.manual_seed(seed + 1)
         vae = AutoencoderKLHunyuanVideo(
             latent_channels=latent_channels,

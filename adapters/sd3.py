@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidinterp.adapter import ConceptReduction, ConceptTokens, reduce_concept_rows, word_pieces
+from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, reduce_concept_rows, word_pieces
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
@@ -43,7 +43,6 @@ from vidinterp.sites import SiteProcessor, SiteSpec
 
 from ._mmdit import (
     ImageMMDiTAdapter,
-    argument,
     clip_word_tokenizer,
     concept_attention,
     tiny_clip_encoder,
@@ -149,9 +148,9 @@ class SD3Adapter(ImageMMDiTAdapter):
 
     def _call_layout(self, module: nn.Module, args: tuple, kwargs: dict,
                      runtime: Runtime) -> tuple[TokenLayout, bool, torch.Tensor]:
-        latents = argument(module, args, kwargs, "hidden_states")
-        prompt = argument(module, args, kwargs, "encoder_hidden_states")
-        skip_layers = argument(module, args, kwargs, "skip_layers")
+        latents = call_argument(module, args, kwargs, "hidden_states")
+        prompt = call_argument(module, args, kwargs, "encoder_hidden_states")
+        skip_layers = call_argument(module, args, kwargs, "skip_layers")
         patch = int(self.transformer.config.patch_size)
         batch, _, latent_height, latent_width = latents.shape
         layout = self._layout(batch, latent_height // patch, latent_width // patch, prompt.shape[1],

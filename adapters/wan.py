@@ -50,6 +50,8 @@ from vidinterp.adapter import (
     Adapter,
     ConceptReduction,
     ConceptTokens,
+    call_argument,
+    call_hooks,
     reduce_concept_rows,
     word_pieces,
 )
@@ -228,14 +230,6 @@ class WanSiteProcessor(SiteProcessor):
         )
 
 
-def _argument(module: nn.Module, args: tuple, kwargs: dict, name: str):
-    """The value of parameter ``name`` of ``module.forward`` in a hook's ``args``/``kwargs``."""
-    if name in kwargs:
-        return kwargs[name]
-    parameters = list(inspect.signature(module.forward).parameters)
-    return args[parameters.index(name)]
-
-
 def _to_image(frame: torch.Tensor):
     """``[3, H, W]`` in ``[-1, 1]`` -> ``PIL.Image`` (inverse of ``vidinterp.video.to_model_pixels``)."""
     from PIL import Image
@@ -294,22 +288,16 @@ class WanAdapter(Adapter):
         previous: dict[str, Any] = {}
 
         def before_transformer(module, args, kwargs):
-            latents = _argument(module, args, kwargs, "hidden_states")
-            prompt = _argument(module, args, kwargs, "encoder_hidden_states")
-            timestep = _argument(module, args, kwargs, "timestep")
+            latents = call_argument(module, args, kwargs, "hidden_states")
+            prompt = call_argument(module, args, kwargs, "encoder_hidden_states")
+            timestep = call_argument(module, args, kwargs, "timestep")
             batch, _, latent_frames, latent_height, latent_width = latents.shape
             layout = self._layout(batch, latent_frames, latent_height, latent_width, prompt.shape[1])
             repeated = previous.get("step") == runtime.step and torch.equal(previous["timestep"], timestep)
             previous.update(step=runtime.step, timestep=timestep.detach().clone())
             runtime.begin_call(layout, conditional=not repeated)
 
-        def after_transformer(module, args, output):
-            runtime.end_call()
-
-        return [
-            self.transformer.register_forward_pre_hook(before_transformer, with_kwargs=True),
-            self.transformer.register_forward_hook(after_transformer),
-        ]
+        return call_hooks(self.transformer, runtime, before_transformer)
 
     def cfg_batched(self, guidance_scale: float) -> bool:
         """Never: the Wan pipelines run the CFG branches as separate calls."""

@@ -132,12 +132,14 @@ def second_eigenvalue_magnitude(
             needs at least 2 valid tokens.
         method: ``"krylov"`` (matrix free, default) or ``"dense"`` (forms ``A`` in float64 and
             calls :func:`torch.linalg.eigvals`; an oracle for small ``tokens``).
-        krylov_dim: block Krylov steps per restart cycle, i.e. attention passes per cycle.
-            Clipped so the basis (``(krylov_dim + 1) * block_size`` vectors) fits in ``tokens``.
+        krylov_dim: block Krylov steps per restart cycle, i.e. attention passes per cycle;
+            at least 2, since a restart keeps ``block_size`` Ritz vectors of the cycle's
+            ``krylov_dim * block_size``-dimensional subspace. Clipped so the basis
+            (``(krylov_dim + 1) * block_size`` vectors) fits in ``tokens``.
         block_size: vectors multiplied per attention pass (the value width). Default
             ``head_dim``: fused SDPA kernels (e.g. the CPU flash kernel) require the value width
             to equal ``head_dim``, and extra value columns cost little next to ``q k^T``.
-            Clipped to ``tokens // 2``.
+            Clipped to ``tokens // 3``.
         max_restarts: restarts after the first cycle; at most
             ``(max_restarts + 1) * krylov_dim`` attention passes are used.
         tol: stop once every (batch, head) has a dominant Ritz pair with residual norm
@@ -174,7 +176,7 @@ def second_eigenvalue_magnitude(
         estimate = _dense(query, key, scale, valid)
     elif method == "krylov":
         for name, value, low, optional in (
-            ("krylov_dim", krylov_dim, 1, False),
+            ("krylov_dim", krylov_dim, 2, False),
             ("max_restarts", max_restarts, 0, False),
             ("block_size", block_size, 1, True),
             ("query_chunk", query_chunk, 1, True),
@@ -186,6 +188,10 @@ def second_eigenvalue_magnitude(
                 raise ValueError(f"{name} must be {expected}, got {value!r}")
         if not tol > 0:
             raise ValueError(f"tol must be > 0, got {tol}")
+        if tokens < 3:
+            raise ValueError(
+                f"method='krylov' needs tokens >= 3, got {tokens}; use method='dense'"
+            )
         if query_chunk is None:
             query_chunk = max(
                 1, _AUTO_CHUNK_SCORE_BYTES // (batch * heads * tokens * 4)
@@ -195,9 +201,7 @@ def second_eigenvalue_magnitude(
         )
         estimate = _block_arnoldi(
             operator,
-            block_size=min(
-                head_dim if block_size is None else block_size, max(1, tokens // 2)
-            ),
+            block_size=min(head_dim if block_size is None else block_size, tokens // 3),
             krylov_dim=krylov_dim,
             max_restarts=max_restarts,
             tol=tol,
@@ -393,7 +397,7 @@ def _block_arnoldi(
     batch, heads, tokens = operator.batch, operator.heads, operator.tokens
     device = operator.device
     p = block_size
-    steps = max(1, min(krylov_dim, tokens // p - 1))
+    steps = min(krylov_dim, tokens // p - 1)  # >= 2 as p <= tokens // 3
     dim = steps * p
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(0)

@@ -212,9 +212,9 @@ def test_info_counts_passes_and_is_deterministic() -> None:
     assert torch.equal(again, info.modulus)
     # Hitting max_restarts reports unconverged heads instead of failing.
     capped = second_eigenvalue_magnitude(
-        query, key, krylov_dim=1, block_size=1, max_restarts=0, return_info=True
+        query, key, krylov_dim=2, block_size=1, max_restarts=0, return_info=True
     )
-    assert capped.attention_passes == 1 and capped.restarts == 0
+    assert capped.attention_passes == 2 and capped.restarts == 0
     assert not bool(capped.converged.all())
 
 
@@ -267,10 +267,14 @@ def test_matrix_free_path_never_allocates_tokens_squared(
             {"key_padding_mask": torch.tensor([[True, False, False, False, False]])},
             "at least 2",
         ),
+        (
+            {"query": torch.zeros(1, 2, 2, 8), "key": torch.zeros(1, 2, 2, 8)},
+            "method='krylov' needs tokens >= 3",
+        ),
         ({"method": "power"}, "'krylov' or 'dense'"),
-        ({"krylov_dim": 0}, "krylov_dim must be an int >= 1"),
+        ({"krylov_dim": 1}, "krylov_dim must be an int >= 2"),
         ({"max_restarts": -1}, "max_restarts must be an int >= 0"),
-        ({"krylov_dim": 2.0}, "krylov_dim must be an int >= 1, got 2.0"),
+        ({"krylov_dim": 2.0}, "krylov_dim must be an int >= 2, got 2.0"),
         ({"block_size": 0}, "block_size must be an int >= 1 or None"),
         ({"query_chunk": 0}, "query_chunk must be an int >= 1 or None"),
         ({"tol": 0.0}, "tol must be > 0"),

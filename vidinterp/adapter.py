@@ -7,6 +7,7 @@ the adapter conformance suite in ``tests/test_adapter_conformance.py`` unchanged
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -20,7 +21,16 @@ from vidinterp.layout import TokenLayout
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor, SiteSpec
 
-__all__ = ["Adapter", "ConceptTokens", "ConceptReduction", "word_pieces", "reduce_concept_rows"]
+__all__ = [
+    "Adapter",
+    "ConceptTokens",
+    "ConceptReduction",
+    "word_pieces",
+    "reduce_concept_rows",
+    "call_argument",
+    "call_hooks",
+    "concept_block_hooks",
+]
 
 ConceptReduction = Literal["first", "mean"]
 CONCEPT_REDUCTIONS = ("first", "mean")
@@ -85,6 +95,47 @@ def reduce_concept_rows(
     return torch.stack(rows)
 
 
+def call_argument(module: nn.Module, args: tuple, kwargs: dict, name: str, default: Any = None) -> Any:
+    """The value of parameter ``name`` of ``module``'s ``forward`` in a forward hook's
+    ``args``/``kwargs`` (``default`` when the call leaves it out). Reads the class's signature:
+    wrappers such as nnsight may change the bound method's."""
+    if name in kwargs:
+        return kwargs[name]
+    parameters = list(inspect.signature(type(module).forward).parameters)[1:]
+    index = parameters.index(name)
+    return args[index] if index < len(args) else default
+
+
+def call_hooks(transformer: nn.Module, runtime: Runtime, before_call: Callable) -> list[RemovableHandle]:
+    """Register ``before_call(module, args, kwargs)`` as the transformer's forward pre-hook (it
+    announces the call with ``runtime.begin_call``) and a forward hook that ends the call."""
+    return [
+        transformer.register_forward_pre_hook(before_call, with_kwargs=True),
+        transformer.register_forward_hook(lambda module, args, output: runtime.end_call()),
+    ]
+
+
+def concept_block_hooks(blocks: list[nn.Module], runtime: Runtime, temb: str = "temb") -> list[RemovableHandle]:
+    """Hooks running the concept stream's block-level update around each of ``blocks`` while the
+    stream is active: ``before_block(block, temb[conditional rows])`` before the block,
+    ``after_block(block)`` after it (methods of ``runtime.concept_state``)."""
+
+    def before_block(block, args, kwargs):
+        if runtime.concepts_active:
+            embedding = call_argument(block, args, kwargs, temb)
+            runtime.concept_state.before_block(block, embedding[runtime.layout.conditional_rows])
+
+    def after_block(block, args, output):
+        if runtime.concepts_active:
+            runtime.concept_state.after_block(block)
+
+    handles = []
+    for block in blocks:
+        handles.append(block.register_forward_pre_hook(before_block, with_kwargs=True))
+        handles.append(block.register_forward_hook(after_block))
+    return handles
+
+
 class Adapter(ABC):
     """Model-family knowledge for one diffusers pipeline.
 
@@ -99,6 +150,10 @@ class Adapter(ABC):
     transformer_class_names: ClassVar[tuple[str, ...]]
     #: renoising default: start at this fraction of the schedule (reference per family).
     default_renoise_fraction: ClassVar[float] = 0.6
+    #: guidance scale for renoising when none is given: 1.0 runs no unconditional branch (the
+    #: maps read the conditional one); ``None`` keeps the pipeline's default, for models whose
+    #: guidance is an embedded scalar rather than a second branch (HunyuanVideo, Flux).
+    default_renoise_guidance: ClassVar[float | None] = 1.0
     #: whether concepts run through a concept stream (False: concepts are prompt words).
     has_concept_stream: ClassVar[bool] = True
 

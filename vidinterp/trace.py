@@ -241,8 +241,8 @@ def trace(
     if mode == "generation" and not prompt:
         raise ValueError("generation needs a prompt (or pass video= to renoise a real video)")
     guidance = _default_guidance(pipe) if guidance_scale is None else float(guidance_scale)
-    if mode == "renoise" and guidance_scale is None:
-        guidance = 1.0  # maps read the conditional branch; no unconditional pass is needed
+    if mode == "renoise" and guidance_scale is None and adapter.default_renoise_guidance is not None:
+        guidance = adapter.default_renoise_guidance
 
     if mode == "renoise":
         frames = _prepare_video(adapter, video, num_frames, height, width, resample)
