@@ -28,10 +28,11 @@ from vidinterp.adapter import (
     call_argument,
     call_hooks,
     concept_block_hooks,
+    joint_site_specs,
     reduce_concept_rows,
     word_pieces,
 )
-from vidinterp.layout import TokenLayout
+from vidinterp.layout import TokenLayout, causal_frame_spans
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor, SiteSpec
@@ -170,18 +171,7 @@ class CogVideoXAdapter(Adapter):
 
     # ---------------------------------------------------------------- sites
     def site_specs(self) -> list[SiteSpec]:
-        return [
-            SiteSpec(
-                name=f"blocks.{index}.attn",
-                layer=index,
-                module_path=f"transformer_blocks.{index}.attn1",
-                heads=block.attn1.heads,
-                head_dim=block.attn1.inner_dim // block.attn1.heads,
-                kind="joint",
-                concept_stream=True,
-            )
-            for index, block in enumerate(self.transformer.transformer_blocks)
-        ]
+        return joint_site_specs(self.transformer, [("transformer_blocks", "attn1", True)])
 
     def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
         return CogVideoXSiteProcessor(spec, original, runtime)
@@ -271,21 +261,12 @@ class CogVideoXAdapter(Adapter):
         padding = (patch_t - latent % patch_t) % patch_t
         return latent + padding, padding
 
-    def _frame_spans(self, token_frames: int, pixel_frames: int | None) -> tuple[tuple[int, int], ...]:
-        k = self.temporal_compression
-        patch_t = self.transformer.config.patch_size_t or 1
-        padding = 0 if pixel_frames is None else self._latent_frames(pixel_frames)[1]
-        spans = []
-        for frame in range(token_frames):
-            latents = [max(latent - padding, 0) for latent in range(frame * patch_t, (frame + 1) * patch_t)]
-            spans.append((max(k * latents[0] - k + 1, 0), k * latents[-1]))
-        return tuple(spans)
-
     def _layout(self, batch: int, latent_frames: int, latent_height: int, latent_width: int,
                 text_length: int, cfg_batched: bool, pixel_frames: int | None) -> TokenLayout:
         patch = self.transformer.config.patch_size
         patch_t = self.transformer.config.patch_size_t or 1
         frames, height, width = latent_frames // patch_t, latent_height // patch, latent_width // patch
+        padding = 0 if pixel_frames is None else self._latent_frames(pixel_frames)[1]
         cell = self.spatial_compression * patch
         return TokenLayout(
             frames=frames,
@@ -296,7 +277,7 @@ class CogVideoXAdapter(Adapter):
             concepts=0,
             batch=batch,
             conditional_rows=slice(batch // 2, batch) if cfg_batched else slice(0, batch),
-            frame_spans=self._frame_spans(frames, pixel_frames),
+            frame_spans=causal_frame_spans(frames, self.temporal_compression, patch_t, padding),
             pixels_per_token=(cell, cell),
         )
 

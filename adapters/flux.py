@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, reduce_concept_rows, word_pieces
+from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, joint_site_specs, reduce_concept_rows, word_pieces
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
@@ -139,22 +139,9 @@ class FluxAdapter(ImageMMDiTAdapter):
 
     # ---------------------------------------------------------------- sites
     def site_specs(self) -> list[SiteSpec]:
-        dual = list(self.transformer.transformer_blocks)
-        single = list(self.transformer.single_transformer_blocks)
-        paths = [f"transformer_blocks.{i}.attn" for i in range(len(dual))]
-        paths += [f"single_transformer_blocks.{j}.attn" for j in range(len(single))]
-        return [
-            SiteSpec(
-                name=f"blocks.{layer}.attn",
-                layer=layer,
-                module_path=path,
-                heads=block.attn.heads,
-                head_dim=block.attn.head_dim,
-                kind="joint",
-                concept_stream=layer < len(dual),
-            )
-            for layer, (path, block) in enumerate(zip(paths, dual + single))
-        ]
+        return joint_site_specs(
+            self.transformer, [("transformer_blocks", "attn", True), ("single_transformer_blocks", "attn", False)]
+        )
 
     def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
         from diffusers.models.transformers.transformer_flux import FluxAttnProcessor

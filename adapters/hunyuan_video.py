@@ -50,9 +50,10 @@ from vidinterp.adapter import (
     call_argument,
     call_hooks,
     concept_block_hooks,
+    joint_site_specs,
     reduce_concept_rows,
 )
-from vidinterp.layout import TokenLayout
+from vidinterp.layout import TokenLayout, causal_frame_spans
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor, SiteSpec
@@ -308,22 +309,9 @@ class HunyuanVideoAdapter(Adapter):
 
     # ---------------------------------------------------------------- sites
     def site_specs(self) -> list[SiteSpec]:
-        double = list(self.transformer.transformer_blocks)
-        single = list(self.transformer.single_transformer_blocks)
-        paths = [f"transformer_blocks.{i}.attn" for i in range(len(double))]
-        paths += [f"single_transformer_blocks.{j}.attn" for j in range(len(single))]
-        return [
-            SiteSpec(
-                name=f"blocks.{layer}.attn",
-                layer=layer,
-                module_path=path,
-                heads=block.attn.heads,
-                head_dim=block.attn.inner_dim // block.attn.heads,
-                kind="joint",
-                concept_stream=layer < len(double),
-            )
-            for layer, (path, block) in enumerate(zip(paths, double + single))
-        ]
+        return joint_site_specs(
+            self.transformer, [("transformer_blocks", "attn", True), ("single_transformer_blocks", "attn", False)]
+        )
 
     def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
         return HunyuanVideoSiteProcessor(spec, original, runtime)
@@ -461,14 +449,6 @@ class HunyuanVideoAdapter(Adapter):
                 + f" (this model's default geometry: {default[0]} frames at {default[1]}x{default[2]})"
             )
 
-    def _frame_spans(self, token_frames: int) -> tuple[tuple[int, int], ...]:
-        """Pixel frames of each token frame: the causal VAE maps latent 0 to pixel frame 0 and
-        latent ``f >= 1`` to pixel frames ``k*f - k + 1 .. k*f``."""
-        k, patch_t = self.temporal_compression, self.transformer.config.patch_size_t
-        return tuple(
-            (max(k * frame * patch_t - k + 1, 0), k * ((frame + 1) * patch_t - 1)) for frame in range(token_frames)
-        )
-
     def _layout(self, batch: int, latent_frames: int, latent_height: int, latent_width: int,
                 prompt_mask: torch.Tensor | None, text_length: int | None = None) -> TokenLayout:
         """Layout of a call on ``[batch, C, latent_frames, latent_height, latent_width]``
@@ -494,7 +474,7 @@ class HunyuanVideoAdapter(Adapter):
             batch=batch,
             conditional_rows=slice(0, batch),
             prompt_mask=mask,
-            frame_spans=self._frame_spans(frames),
+            frame_spans=causal_frame_spans(frames, self.temporal_compression, config.patch_size_t),
             pixels_per_token=(cell, cell),
         )
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, reduce_concept_rows, word_pieces
+from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, joint_site_specs, reduce_concept_rows, word_pieces
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
@@ -123,18 +123,7 @@ class SD3Adapter(ImageMMDiTAdapter):
 
     # ---------------------------------------------------------------- sites
     def site_specs(self) -> list[SiteSpec]:
-        return [
-            SiteSpec(
-                name=f"blocks.{index}.attn",
-                layer=index,
-                module_path=f"transformer_blocks.{index}.attn",
-                heads=block.attn.heads,
-                head_dim=block.attn.inner_dim // block.attn.heads,
-                kind="joint",
-                concept_stream=True,
-            )
-            for index, block in enumerate(self.transformer.transformer_blocks)
-        ]
+        return joint_site_specs(self.transformer, [("transformer_blocks", "attn", True)])
 
     def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
         from diffusers.models.attention_processor import JointAttnProcessor2_0

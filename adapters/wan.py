@@ -56,7 +56,7 @@ from vidinterp.adapter import (
     word_pieces,
 )
 from vidinterp.hooks import HookPoint
-from vidinterp.layout import TokenLayout
+from vidinterp.layout import TokenLayout, causal_frame_spans
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor, SiteSpec
@@ -419,16 +419,6 @@ class WanAdapter(Adapter):
                 + f" (this model's native geometry: {default[0]} frames at {default[1]}x{default[2]})"
             )
 
-    def _frame_spans(self, token_frames: int) -> tuple[tuple[int, int], ...]:
-        """Causal VAE: latent 0 is pixel frame 0, latent ``l >= 1`` covers ``k*l-k+1 .. k*l``."""
-        k = self.temporal_compression
-        patch_t = self.transformer.config.patch_size[0]
-        spans = []
-        for frame in range(token_frames):
-            first, last = frame * patch_t, (frame + 1) * patch_t - 1
-            spans.append((max(k * first - k + 1, 0), k * last))
-        return tuple(spans)
-
     def _layout(self, batch: int, latent_frames: int, latent_height: int, latent_width: int,
                 text_length: int) -> TokenLayout:
         """One call's layout. Every site tensor indexes its own tokens from 0: visual tokens
@@ -446,7 +436,7 @@ class WanAdapter(Adapter):
             concepts=0,
             batch=batch,
             conditional_rows=slice(0, batch),
-            frame_spans=self._frame_spans(frames),
+            frame_spans=causal_frame_spans(frames, self.temporal_compression, self.transformer.config.patch_size[0]),
             pixels_per_token=(self.spatial_compression * patch_h, self.spatial_compression * patch_w),
         )
 

@@ -30,6 +30,7 @@ __all__ = [
     "call_argument",
     "call_hooks",
     "concept_block_hooks",
+    "joint_site_specs",
 ]
 
 ConceptReduction = Literal["first", "mean"]
@@ -104,6 +105,31 @@ def call_argument(module: nn.Module, args: tuple, kwargs: dict, name: str, defau
     parameters = list(inspect.signature(type(module).forward).parameters)[1:]
     index = parameters.index(name)
     return args[index] if index < len(args) else default
+
+
+def joint_site_specs(transformer: nn.Module, groups: list[tuple[str, str, bool]]) -> list[SiteSpec]:
+    """Sites of joint-attention blocks, named ``blocks.{l}.attn`` with ``l`` counting across
+    groups in execution order.
+
+    Args:
+        groups: ``(block list attribute, attention attribute, carries the concept stream)`` per
+            group of blocks, e.g. ``[("transformer_blocks", "attn", True),
+            ("single_transformer_blocks", "attn", False)]``.
+    """
+    specs = []
+    for blocks_name, attention_name, concept_stream in groups:
+        for index, block in enumerate(getattr(transformer, blocks_name)):
+            attention = getattr(block, attention_name)
+            specs.append(SiteSpec(
+                name=f"blocks.{len(specs)}.attn",
+                layer=len(specs),
+                module_path=f"{blocks_name}.{index}.{attention_name}",
+                heads=attention.heads,
+                head_dim=attention.inner_dim // attention.heads,
+                kind="joint",
+                concept_stream=concept_stream,
+            ))
+    return specs
 
 
 def call_hooks(transformer: nn.Module, runtime: Runtime, before_call: Callable) -> list[RemovableHandle]:

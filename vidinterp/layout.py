@@ -13,7 +13,25 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TokenLayout"]
+__all__ = ["TokenLayout", "causal_frame_spans"]
+
+
+def causal_frame_spans(
+    token_frames: int, temporal_compression: int, temporal_patch: int = 1, leading_padding: int = 0
+) -> tuple[tuple[int, int], ...]:
+    """Inclusive ``(first, last)`` pixel frames of each token frame for a causal video VAE.
+
+    A causal VAE with temporal compression ``k`` maps latent frame 0 to pixel frame 0 and latent
+    ``l >= 1`` to pixel frames ``k*l - k + 1 .. k*l``. A token frame groups ``temporal_patch``
+    latent frames; ``leading_padding`` latent frames prepended by the pipeline (CogVideoX 1.5)
+    stand for pixel frame 0.
+    """
+    k = temporal_compression
+    spans = []
+    for frame in range(token_frames):
+        latents = [max(latent - leading_padding, 0) for latent in range(frame * temporal_patch, (frame + 1) * temporal_patch)]
+        spans.append((max(k * latents[0] - k + 1, 0), k * latents[-1]))
+    return tuple(spans)
 
 
 @dataclass(frozen=True)
