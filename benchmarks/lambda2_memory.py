@@ -96,8 +96,10 @@ def _make_qk(
 
     ``random``: i.i.d. standard normal entries. ``local``: visual tokens carry random Fourier
     features of their (frame, row, column) position, shared by query and key, plus noise, so
-    attention concentrates on space-time neighbours (a slowly mixing chain, ``|lambda2|``
-    near 1, as in real video DiT layers); prompt tokens are random.
+    attention concentrates on space-time neighbours (a slowly mixing chain with ``|lambda2|``
+    close to 1, like the local layers of video DiTs); prompt tokens are random. The dot
+    product of two identical feature vectors is ``head_dim`` (``8`` after the default
+    ``1 / sqrt(64)`` scale).
     """
     tokens = prompt + frames * height * width
     shape = (batch, heads, tokens, head_dim)
@@ -116,11 +118,11 @@ def _make_qk(
     ).reshape(-1, 3)
     freqs = torch.randn(heads, 3, head_dim // 2, generator=generator)
     phase = grid @ freqs  # [heads, visual, head_dim // 2]
-    features = torch.cat([phase.cos(), phase.sin()], dim=-1) * math.sqrt(8.0)
+    features = torch.cat([phase.cos(), phase.sin()], dim=-1) * math.sqrt(2.0)
     visual = features.expand(batch, heads, -1, -1)
     text_q = torch.randn(batch, heads, prompt, head_dim, generator=generator)
     text_k = torch.randn(batch, heads, prompt, head_dim, generator=generator)
-    noise = 0.5
+    noise = 0.25
     query = torch.cat(
         [text_q, visual + noise * torch.randn(visual.shape, generator=generator)], 2
     )
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Warm up kernels and thread pools on a slice so the measurement sees only the solver.
     second_eigenvalue_magnitude(
-        query[:, :, :256], key[:, :, :256], krylov_dim=1, max_restarts=0
+        query[:, :, :256], key[:, :, :256], krylov_dim=2, max_restarts=0
     )
     if device.type == "cuda":
         info, wall, extra = _measure_cuda(run, device)

@@ -164,3 +164,14 @@ def test_analysis_for_absent_site_kind_is_a_clear_error(pipe):
     analysis.site_kinds = ("cross",)
     with pytest.raises(ValueError, match=r"reads sites of kind \['cross'\], but cogvideox has sites of kind \['joint'\]"):
         vidinterp.trace(pipe, prompt="a dog", concepts=["dog"], analyses=[analysis], num_inference_steps=2)
+
+
+def test_same_call_returns_maps_for_every_family():
+    """One `vidinterp.trace` call, unchanged, on a tiny pipeline of each family."""
+    for family in vidinterp.adapter_classes():
+        tiny = vidinterp.testing.tiny_pipeline(family)
+        trace = vidinterp.trace(tiny, prompt="a red dog walking on green grass", concepts=["dog", "grass"],
+                                num_inference_steps=3)
+        assert "cross_attention" in trace.maps and "gramcol" in trace.maps, family
+        assert trace.maps.cross_attention.dims == ("concept", "frame", "y", "x"), family
+        assert np.isfinite(trace.maps.gramcol.values).all(), family
