@@ -214,14 +214,6 @@ class CogVideoXAdapter(Adapter):
         return CogVideoXConceptStream(self.transformer, concepts.embeddings)
 
     # ---------------------------------------------------------------- geometry
-    @property
-    def temporal_compression(self) -> int:
-        return int(self.pipe.vae_scale_factor_temporal)
-
-    @property
-    def spatial_compression(self) -> int:
-        return int(self.pipe.vae_scale_factor_spatial)
-
     def default_geometry(self) -> tuple[int, int, int]:
         config = self.transformer.config
         return (

@@ -407,14 +407,6 @@ class HunyuanVideoAdapter(Adapter):
 
     # ---------------------------------------------------------------- geometry
     @property
-    def temporal_compression(self) -> int:
-        return int(self.pipe.vae_scale_factor_temporal)
-
-    @property
-    def spatial_compression(self) -> int:
-        return int(self.pipe.vae_scale_factor_spatial)
-
-    @property
     def pixel_multiple(self) -> int:
         """Heights and widths must be multiples of this: one token cell (VAE compression x
         patch size) and the pipeline's own multiple of 16."""

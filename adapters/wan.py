@@ -376,14 +376,6 @@ class WanAdapter(Adapter):
         return WanPromptConcepts(names, text, words, positions, pieces, concepts.reduction, weights)
 
     # ---------------------------------------------------------------- geometry
-    @property
-    def temporal_compression(self) -> int:
-        return int(self.pipe.vae_scale_factor_temporal)
-
-    @property
-    def spatial_compression(self) -> int:
-        return int(self.pipe.vae_scale_factor_spatial)
-
     def default_geometry(self) -> tuple[int, int, int]:
         """The transformer config's ``native_geometry`` ``(frames, height, width)`` when set
         (tiny pipelines set it), else the pipeline's ``__call__`` defaults (Wan2.1: 81 frames

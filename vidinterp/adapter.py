@@ -286,6 +286,16 @@ class Adapter(ABC):
 
     # ---------------------------------------------------------------- helpers
     @property
+    def temporal_compression(self) -> int:
+        """Pixel frames per latent frame (the video pipeline's ``vae_scale_factor_temporal``)."""
+        return int(self.pipe.vae_scale_factor_temporal)
+
+    @property
+    def spatial_compression(self) -> int:
+        """Pixels per latent cell along y and x (``vae_scale_factor_spatial``)."""
+        return int(self.pipe.vae_scale_factor_spatial)
+
+    @property
     def device(self) -> torch.device:
         return next(self.transformer.parameters()).device
 
