@@ -142,7 +142,8 @@ def calibrate_layers(model: Any, prompts: Iterable[str], *, num_inference_steps:
     """Compute and store lambda2 layer scores of ``model`` over ``prompts`` (generation mode,
     analysed ``steps``). Returns ``{layer: score}``; the JSON goes to ``path`` or the model's
     :func:`calibration_path`, where :class:`Lambda2Layers` finds it."""
-    from vidinterp.trace import load_pipeline, trace
+    from vidinterp.inputs import load_pipeline
+    from vidinterp.trace import trace
 
     pipe = load_pipeline(model)
     prompts = list(prompts)

@@ -10,7 +10,9 @@ from vidinterp.layout import TokenLayout
 from vidinterp.registry import adapter_classes, adapter_for, analysis_classes
 from vidinterp.results import Trace
 from vidinterp.sites import SiteGraph, SiteSpec, SiteVisit
-from vidinterp.trace import default_analyses, hooked, list_sites, load_pipeline, trace
+from vidinterp.graph import hooked, list_sites
+from vidinterp.inputs import load_pipeline
+from vidinterp.trace import default_analyses, trace
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _pipeline(model: str):
-    from vidinterp.trace import load_pipeline
+    from vidinterp.inputs import load_pipeline
 
     if model.startswith("tiny-"):
         from vidinterp.testing import tiny_pipeline

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from os import PathLike
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -13,50 +13,18 @@ import xarray as xr
 
 from vidinterp.adapter import Adapter, ConceptReduction
 from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.inputs import load_pipeline, prepare_video, validate_concepts
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for, analysis_classes
 from vidinterp.results import GROUPS, Trace
 from vidinterp.runtime import Runtime
 from vidinterp.selectors import LateSteps
-from vidinterp.sites import SiteGraph
-from vidinterp.video import as_frames, resample_video, to_model_pixels
+from vidinterp.video import to_model_pixels
 
-__all__ = ["trace", "hooked", "load_pipeline", "list_sites", "default_analyses", "validate_concepts"]
+__all__ = ["trace", "default_analyses"]
 
 #: Share of the schedule that generation skips before analysing (near-noise steps).
 DEFAULT_SKIP_FRACTION = 0.3
-
-
-def load_pipeline(model: Any):
-    """A diffusers pipeline: ``model`` itself, or ``DiffusionPipeline.from_pretrained(model)``
-    from a local path or a model id already in the local cache (never downloads)."""
-    if not isinstance(model, (str, PathLike)):
-        return model
-    from diffusers import DiffusionPipeline
-
-    try:
-        return DiffusionPipeline.from_pretrained(str(model), local_files_only=True)
-    except (OSError, ValueError) as error:
-        raise OSError(
-            f"could not load pipeline {str(model)!r} from local files ({error}); vidinterp never "
-            f"downloads weights: pass a local directory or a model id present in the cache"
-        ) from error
-
-
-def validate_concepts(concepts: Iterable[str]) -> list[str]:
-    """Concept names as a list: non-empty strings, no duplicates."""
-    if isinstance(concepts, str):
-        concepts = [concepts]
-    names = list(concepts)
-    if not names:
-        raise ValueError("concepts must name at least one concept, e.g. concepts=['dog', 'walking']; got none")
-    for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"every concept must be a non-empty string, got {name!r} in {names}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"concepts must be distinct; {duplicates} appear more than once in {names}")
-    return [name.strip() for name in names]
 
 
 def default_analyses(adapter: Adapter | None = None, frames: int | None = None) -> list[Analysis]:
@@ -93,91 +61,9 @@ def _checked_analyses(analyses: Iterable[Analysis] | None, adapter: Adapter, fra
     return analyses
 
 
-@contextmanager
-def hooked(model: Any, concepts: Iterable[str] | None = None, *, prompt: str | None = None,
-           concept_reduction: ConceptReduction = "first") -> Iterator[SiteGraph]:
-    """Install the site graph on a pipeline's transformer for free-form use (torch hooks,
-    nnsight) and yield the :class:`~vidinterp.sites.SiteGraph`. With ``concepts`` the concept
-    stream runs in every transformer call. The model is restored on exit, also on error."""
-    pipe = load_pipeline(model)
-    adapter = adapter_for(pipe)
-    state = None
-    if concepts is not None:
-        names = validate_concepts(concepts)
-        state = adapter.concept_state(adapter.encode_concepts(names, concept_reduction), prompt)
-    runtime = Runtime(concept_state=state)
-    runtime.cfg_batched = getattr(pipe, "do_classifier_free_guidance", False) is True
-    with installed(adapter, runtime) as graph:
-        yield graph
-
-
-def list_sites(model: Any, num_frames: int | None = None, height: int | None = None,
-               width: int | None = None, concepts: int = 1) -> xr.Dataset:
-    """The sites of a model with the shape of every hook point for a video of the given pixel
-    geometry (default: the model's native geometry), batch of one, no CFG.
-
-    Returns a Dataset indexed by ``hook`` (``blocks.{l}.attn.hook_*``) with the variables
-    ``shape`` (``[batch, heads, tokens, head_dim]``), ``module`` (path inside the transformer)
-    and ``layer``.
-    """
-    pipe = load_pipeline(model)
-    adapter = adapter_for(pipe)
-    default = adapter.default_geometry()
-    geometry = (num_frames or default[0], height or default[1], width or default[2])
-    layout = adapter.layout_for(*geometry)
-    names, shapes, modules, layers = [], [], [], []
-    for spec in adapter.site_specs():
-        for hook in spec.hook_names:
-            names.append(f"{spec.name}.{hook}")
-            shapes.append([1, spec.heads, _hook_tokens(spec.kind, hook, layout, concepts), spec.head_dim])
-            modules.append(f"{spec.module_path}.processor.{hook}")
-            layers.append(spec.layer)
-    return xr.Dataset(
-        {
-            "shape": (("hook", "axis"), np.array(shapes)),
-            "module": ("hook", modules),
-            "layer": ("hook", layers),
-        },
-        coords={"hook": names, "axis": ["batch", "heads", "tokens", "head_dim"]},
-        attrs={"model": adapter.model_name, "family": adapter.family, "num_frames": geometry[0],
-               "height": geometry[1], "width": geometry[2], "frames": layout.frames,
-               "grid_height": layout.height, "grid_width": layout.width, "prompt_tokens": layout.prompt_tokens},
-    )
-
-
-def _hook_tokens(kind: str, hook: str, layout, concepts: int) -> int:
-    """Token count of a hook point's tensor for a site of ``kind``."""
-    if "concept" in hook:
-        return concepts
-    if kind == "joint":
-        return layout.visual_tokens + layout.prompt_tokens
-    if kind == "cross" and hook in ("hook_k", "hook_v"):
-        return layout.prompt_tokens
-    return layout.visual_tokens
-
-
 def _default_guidance(pipe) -> float:
     parameter = inspect.signature(pipe.__call__).parameters.get("guidance_scale")
     return float(parameter.default) if parameter is not None and parameter.default is not None else 1.0
-
-
-def _prepare_video(adapter: Adapter, video, num_frames, height, width, resample: bool) -> np.ndarray:
-    frames = as_frames(video)
-    given = (frames.shape[0], frames.shape[1], frames.shape[2])
-    target = (num_frames or given[0], height or given[1], width or given[2])
-    if target != given:
-        if not resample:
-            raise ValueError(
-                f"video has {given[0]} frames at {given[1]}x{given[2]}, but {target[0]} frames at "
-                f"{target[1]}x{target[2]} were asked for; pass resample=True to resample it"
-            )
-        frames = resample_video(frames, *target)
-    try:
-        adapter.check_geometry(*target)
-    except ValueError as error:
-        hint = "" if resample else "; pass num_frames/height/width with resample=True to resample"
-        raise ValueError(f"{error}{hint}") from None
-    return frames
 
 
 def trace(
@@ -245,7 +131,7 @@ def trace(
         guidance = adapter.default_renoise_guidance
 
     if mode == "renoise":
-        frames = _prepare_video(adapter, video, num_frames, height, width, resample)
+        frames = prepare_video(adapter, video, num_frames, height, width, resample)
         geometry = tuple(int(size) for size in frames.shape[:3])
     else:
         geometry = tuple(given or default for given, default in
