@@ -38,6 +38,14 @@ def test_main_command_rejects_unknown_method(tmp_path, capsys):
     assert "available" in capsys.readouterr().err
 
 
+def test_main_command_names_the_zoo_models_for_an_unknown_one(tmp_path, capsys):
+    from vidinterp.cli import main
+
+    assert main(["run", "--out", str(tmp_path), "--model", "zoo:nope"]) == 2
+    assert "available: ['shapes']" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
 def test_notebook_runs_top_to_bottom(notebook):
     import nbformat

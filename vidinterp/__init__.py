@@ -16,6 +16,17 @@ from vidinterp.trace import default_analyses, trace
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``vidinterp.zoo`` (trained models, installed from the top-level ``zoo/`` folder) on first use:
+    the zoo builds model-specific pipelines, so the core never imports it eagerly."""
+    if name == "zoo":
+        import importlib
+
+        return importlib.import_module("vidinterp.zoo")
+    raise AttributeError(f"module 'vidinterp' has no attribute {name!r}")
+
+
 __all__ = [
     "trace",
     "hooked",

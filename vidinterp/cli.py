@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="trace a video (default: the bundled demo) and write HTML + netCDF")
     run.add_argument("--model", default="tiny-cogvideox",
-                     help="local pipeline directory or cached model id; 'tiny-<family>' for an offline tiny pipeline")
+                     help="local pipeline directory or cached model id; 'tiny-<family>' for an offline tiny pipeline; "
+                          "'zoo:<name>' for a trained model of vidinterp.zoo")
     run.add_argument("--video", help="video file to renoise (default: a synthetic shapes clip)")
     run.add_argument("--prompt", help="prompt / caption (default: the demo clip's caption)")
     run.add_argument("--concepts", nargs="+", help="concept words (default: the demo clip's concepts)")
@@ -39,6 +40,10 @@ def _pipeline(model: str):
         from vidinterp.testing import tiny_pipeline
 
         return tiny_pipeline(model.removeprefix("tiny-"))
+    if model.startswith("zoo:"):
+        import vidinterp
+
+        return vidinterp.zoo.load(model.removeprefix("zoo:"))
     return load_pipeline(model)
 
 
@@ -56,7 +61,11 @@ def run(args: argparse.Namespace) -> int:
     from vidinterp.registry import adapter_for, analysis_classes
 
     started = time.perf_counter()
-    pipe = _pipeline(args.model)
+    try:
+        pipe = _pipeline(args.model)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"cannot load model {args.model!r}: {error}", file=sys.stderr)
+        return 2
     adapter = adapter_for(pipe)
     classes = analysis_classes()
     unknown = [name for name in args.methods if name not in classes]

@@ -28,7 +28,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
-from torch import nn
 
 __all__ = ["ShapesLatentMapping", "LATENT_CHANNELS"]
 

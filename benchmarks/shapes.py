@@ -1,0 +1,362 @@
+"""Ground-truth motion benchmark of the map methods on the trained shapes model.
+
+For held-out shapes clips (seeds disjoint from training and validation), renoise each clip with
+its own caption, trace every method variant and score the maps against the clips' exact
+ground truth. Prints a table shaped like Table 2 of the IMAP paper (one row per method, one
+column per criterion) plus a random-map baseline row, and writes it with the raw numbers to
+``benchmarks/results/``. Not run in CI::
+
+    python benchmarks/shapes.py                                # packaged weights (vidinterp.zoo)
+    python benchmarks/shapes.py --checkpoint runs/shapes/checkpoint.pt --clips 60
+    python benchmarks/shapes.py --untrained --clips 4          # smoke run of the machinery
+
+Metrics (maps are ``(concept, frame, y, x)`` on the 8x8 token grid; one latent frame per pixel
+frame; a map is compared with pixel masks by nearest upsampling of its token cells):
+
+* **object mIoU**: noun and colour concepts; per frame the map is min-max normalised and
+  thresholded at its mean; the mean of the foreground IoU and background IoU against the
+  concept's ground-truth mask, averaged over frames, concepts and clips.
+* **motion IoU**: direction-word concepts, on the frames where the named object moves;
+  foreground IoU of the thresholded map with the moving object's mask.
+* **temporal**: direction words of objects that move on some frames and rest on others; with
+  the map shifted to be non-negative over the clip, mean map per moving frame divided by the sum
+  of the mean per moving frame and the mean per static frame (0.5 = no temporal localisation).
+* **AUROC (2 obj)**: two-object clips, each concept word naming exactly one of the two objects
+  (its noun, colour or direction): AUROC of map values on the named object's pixels against the
+  other object's pixels, per frame (frames where both are visible), averaged over frames.
+* **QK-peak pointing**: per (layer, head), the share of (concept, frame) surrogate tokens
+  (``trace.diagnostics`` ``surrogate_y``/``surrogate_x``) whose 4x4-pixel cell overlaps the named
+  object's mask (noun and colour concepts naming one object, frames where it is visible).
+* **CHI vs motion IoU**: per-head GramCol maps (each single (layer, head)); Pearson correlation
+  between a head's mean ``separation_chi`` and its mean motion IoU, over heads.
+
+Layer selection ("+ layer sel."): lambda2 layer scores are calibrated on ``--calibration-clips``
+training-distribution clips (renoised, not the benchmark clips); this model has no published
+threshold, so layers scoring at least the median layer score are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import vidinterp
+from vidinterp.analyses.concept_attention import ConceptAttention
+from vidinterp.analyses.cross_attention import CrossAttention
+from vidinterp.analyses.gramcol import GramCol
+from vidinterp.analyses.heads import HeadIndices, RandomHeads, TopKHeads
+from vidinterp.analyses.lambda2 import Lambda2
+from vidinterp.analyses.qk_matching import QKMatching
+from vidinterp.analyses.separation import Separation
+from vidinterp.datasets.shapes import COLORS, DIRECTIONS, SHAPES, ShapesClip, generate_clip
+from vidinterp.selectors import AllLayers, LayerIndices
+from vidinterp.zoo.shapes import ShapesModelConfig, build_shapes_pipeline, load_state, train_clip_config
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+HELDOUT_SEED = 20_000_003  # benchmark clips; training uses --seed (0), validation 10_000_019
+CALIBRATION_SEED = 30_000_001
+METRICS = ("object_miou", "motion_iou", "temporal", "auroc_2obj")
+#: AUROC split by the kind of word naming the object (extra columns of the JSON and table)
+AUROC_KINDS = ("auroc_noun", "auroc_color", "auroc_direction")
+ALL_METRICS = METRICS + AUROC_KINDS
+
+
+def clip_seed(root: int, index: int) -> int:
+    return int(np.random.SeedSequence([root, index]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def heldout_clips(n: int, config: ShapesModelConfig, root: int = HELDOUT_SEED) -> list[ShapesClip]:
+    """``n`` clips, alternating one object / two objects."""
+    one, two = train_clip_config(config, (1, 1)), train_clip_config(config, (2, 2))
+    return [generate_clip(one if i % 2 == 0 else two, clip_seed(root, i)) for i in range(n)]
+
+
+def load_pipe(args):
+    if args.untrained:
+        return build_shapes_pipeline(ShapesModelConfig())
+    if args.checkpoint:
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        pipe = build_shapes_pipeline(ShapesModelConfig.from_dict(checkpoint["config"]))
+        load_state(pipe, checkpoint["ema"])
+        pipe.benchmark_step = int(checkpoint["step"])
+        return pipe
+    return vidinterp.zoo.load("shapes", weights=args.weights)
+
+
+# ------------------------------------------------------------------ method variants
+def named(analysis, name: str):
+    analysis.name = name
+    return analysis
+
+
+def method_analyses(selected_layers: list[int], heads: int, k: int, seed: int) -> list:
+    """Every method of the table, with (``final`` softmax over concepts) and without softmax."""
+    layers = LayerIndices(selected_layers)
+    analyses = []
+    for soft, suffix in (("none", ""), ("final", "+softmax")):
+        analyses += [
+            named(CrossAttention(concept_softmax=soft), f"cross_attention{suffix}"),
+            named(ConceptAttention(concept_softmax=soft), f"concept_attention{suffix}"),
+            named(GramCol(layers=AllLayers(), concept_softmax=soft), f"gramcol_all_layers{suffix}"),
+            named(GramCol(layers=LayerIndices(selected_layers), concept_softmax=soft), f"gramcol+layer_sel{suffix}"),
+            named(GramCol(layers=LayerIndices(selected_layers), heads=TopKHeads("chi", k=k, at_most_heads=True),
+                          concept_softmax=soft), f"imap(top{k}_chi){suffix}"),
+            named(GramCol(layers=AllLayers(), heads=TopKHeads("chi", k=k, at_most_heads=True),
+                          concept_softmax=soft), f"imap_all_layers(top{k}_chi){suffix}"),
+            named(GramCol(layers=LayerIndices(selected_layers), heads=RandomHeads(k=k, seed=seed),
+                          concept_softmax=soft), f"imap(random{k}){suffix}"),
+        ]
+    del layers
+    return analyses
+
+
+def per_head_analyses(num_layers: int, heads: int) -> list:
+    return [named(GramCol(layers=LayerIndices([layer]), heads=HeadIndices([head])), f"head_{layer}_{head}")
+            for layer in range(num_layers) for head in range(heads)]
+
+
+# ------------------------------------------------------------------ metrics
+def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``[..., h, w]`` token maps -> ``[..., H, W]`` pixels (nearest)."""
+    return maps.repeat(height // maps.shape[-2], axis=-2).repeat(width // maps.shape[-1], axis=-1)
+
+
+def threshold(frame_map: np.ndarray) -> np.ndarray:
+    lo, hi = frame_map.min(), frame_map.max()
+    normalised = (frame_map - lo) / (hi - lo) if hi > lo else np.zeros_like(frame_map)
+    return normalised > normalised.mean()
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """Mann-Whitney AUROC with ties counted one half."""
+    scores = np.concatenate([positive, negative])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average ranks of ties
+    unique, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = start + (counts - 1) / 2.0 + 1
+    ranks[order] = np.repeat(average, counts)
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def naming(clip: ShapesClip, word: str) -> np.ndarray:
+    """Which objects of the clip ``word`` names."""
+    return np.array([word in (obj.shape, obj.color, obj.direction) for obj in clip.objects])
+
+
+def score_maps(clip: ShapesClip, concepts: list[str], maps: np.ndarray) -> dict[str, list[float]]:
+    """Metric samples of one method on one clip; ``maps`` is ``[C, F, h, w]``."""
+    pixels = upsample(maps, clip.height, clip.width)  # [C, F, H, W]
+    out: dict[str, list[float]] = {name: [] for name in ALL_METRICS}
+    for c, word in enumerate(concepts):
+        m = pixels[c]
+        if word in SHAPES or word in COLORS:
+            truth = clip.concept_mask(word)
+            values = [(iou(threshold(m[f]), truth[f]) + iou(~threshold(m[f]), ~truth[f])) / 2
+                      for f in range(clip.num_frames)]
+            out["object_miou"].append(float(np.mean(values)))
+        if word in DIRECTIONS:
+            truth = clip.concept_mask(word)
+            moving_frames = [f for f in range(clip.num_frames) if truth[f].any()]
+            if moving_frames:
+                out["motion_iou"].append(float(np.mean([iou(threshold(m[f]), truth[f]) for f in moving_frames])))
+            objects = naming(clip, word)
+            moving = clip.moving[objects].any(axis=0)
+            if moving.any() and not moving.all():
+                shifted = m - m.min()
+                per_frame = shifted.reshape(clip.num_frames, -1).mean(axis=1)
+                a, b = per_frame[moving].mean(), per_frame[~moving].mean()
+                out["temporal"].append(float(a / (a + b)) if a + b > 0 else 0.5)
+        if len(clip.objects) == 2:
+            objects = naming(clip, word)
+            if objects.sum() == 1:
+                named_mask = clip.masks[int(np.argmax(objects))]
+                other_mask = clip.masks[int(np.argmin(objects))]
+                frames = [f for f in range(clip.num_frames) if named_mask[f].any() and other_mask[f].any()]
+                if frames:  # within a frame: both objects are there at the same noise level
+                    value = float(np.mean([auroc(m[f][named_mask[f]], m[f][other_mask[f]]) for f in frames]))
+                    out["auroc_2obj"].append(value)
+                    kind = "noun" if word in SHAPES else "color" if word in COLORS else "direction"
+                    out[f"auroc_{kind}"].append(value)
+    return out
+
+
+def pointing(clip: ShapesClip, concepts: list[str], diagnostics) -> np.ndarray | None:
+    """``[layer, head]`` share of surrogate tokens inside the named object's cell-dilated mask."""
+    if "surrogate_y" not in diagnostics:
+        return None
+    ys = diagnostics["surrogate_y"].isel(step=0).values  # [C, F, L, H]
+    xs = diagnostics["surrogate_x"].isel(step=0).values
+    grid_h = diagnostics.sizes.get("y", None)
+    cell = clip.height // 8 if grid_h is None else clip.height // grid_h
+    hits, total = 0, 0
+    for c, word in enumerate(concepts):
+        if not (word in SHAPES or word in COLORS) or naming(clip, word).sum() != 1:
+            continue
+        mask = clip.masks[int(np.argmax(naming(clip, word)))]
+        cells = mask.reshape(clip.num_frames, mask.shape[1] // cell, cell, mask.shape[2] // cell, cell).any(axis=(2, 4))
+        for f in range(clip.num_frames):
+            if not cells[f].any():
+                continue
+            y, x = ys[c, f].astype(int), xs[c, f].astype(int)
+            inside = cells[f][y.clip(0), x.clip(0)] & (y >= 0)
+            hits = hits + inside.astype(float)
+            total += 1
+    return hits / total if total else None
+
+
+def calibrate_layers(pipe, config: ShapesModelConfig, clips: int, renoise_kwargs: dict) -> dict[int, float]:
+    """lambda2 layer scores over renoised calibration clips."""
+    runs = []
+    for clip in heldout_clips(clips, config, CALIBRATION_SEED):
+        runs.append(Lambda2())
+        vidinterp.trace(pipe, video=clip.frames, prompt=clip.caption, concepts=clip.nouns[:1], analyses=[runs[-1]],
+                        **renoise_kwargs)
+    total = runs[0]
+    for run in runs[1:]:
+        total.merge(run)
+    return total.layer_scores()
+
+
+def format_table(rows: dict[str, dict[str, float]], counts: dict[str, int], title: str) -> str:
+    header = ("| method | object mIoU | motion IoU | temporal | AUROC (2 obj) | AUROC noun | AUROC colour "
+              "| AUROC direction |")
+    lines = [title, "", header, "|---|---|---|---|---|---|---|---|"]
+    for name, values in rows.items():
+        cells = [f"{values[m]:.3f}" if np.isfinite(values[m]) else "n/a" for m in ALL_METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("samples per column: " + ", ".join(f"{m}={counts[m]}" for m in ALL_METRICS))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--weights", type=Path, default=None, help=".safetensors (default: packaged)")
+    source.add_argument("--checkpoint", type=Path, default=None, help="training checkpoint (EMA weights)")
+    source.add_argument("--untrained", action="store_true")
+    parser.add_argument("--clips", type=int, default=60)
+    parser.add_argument("--calibration-clips", type=int, default=4)
+    parser.add_argument("--k", type=int, default=2, help="heads kept by IMAP / random heads (model has 4 per layer)")
+    parser.add_argument("--renoise-step", type=int, default=None, help="schedule index (default: adapter's, 30 of 50)")
+    parser.add_argument("--num-renoise-steps", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/shapes"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+
+    pipe = load_pipe(args)
+    config = pipe.shapes_config
+    renoise = {"num_inference_steps": 50, "renoise_step": args.renoise_step,
+               "num_renoise_steps": args.num_renoise_steps, "seed": args.seed}
+    scores = calibrate_layers(pipe, config, args.calibration_clips, renoise)
+    median = float(np.median(list(scores.values())))
+    selected = sorted(layer for layer, score in scores.items() if score >= median)
+    print(f"lambda2 layer scores {({k: round(v, 3) for k, v in scores.items()})}; selected layers {selected}", flush=True)
+
+    samples: dict[str, dict[str, list[float]]] = {}
+    rng = np.random.default_rng(args.seed)
+    point_sum, point_n = None, 0
+    point2_sum, point2_n = None, 0  # two-object clips only: the other object is a wrong answer
+    head_chi, head_motion = {}, {}
+    clips = heldout_clips(args.clips, config)
+    for index, clip in enumerate(clips):
+        concepts = clip.concepts
+        analyses = (method_analyses(selected, config.num_heads, args.k, args.seed)
+                    + per_head_analyses(config.num_layers, config.num_heads)
+                    + [Separation(scores=("chi",)), QKMatching()])
+        trace = vidinterp.trace(pipe, video=clip.frames, prompt=clip.caption, concepts=concepts,
+                                analyses=analyses, **renoise)
+        for name in trace.maps.data_vars:
+            values = trace.maps[name].values
+            target = "per_head" if name.startswith("head_") else "methods"
+            result = score_maps(clip, concepts, values)
+            if target == "per_head":
+                head_motion.setdefault(name, []).extend(result["motion_iou"])
+            else:
+                for metric, vals in result.items():
+                    samples.setdefault(name, {m: [] for m in ALL_METRICS})[metric].extend(vals)
+        random_maps = rng.random((len(concepts), *trace.maps[list(trace.maps.data_vars)[0]].shape[1:]))
+        for metric, vals in score_maps(clip, concepts, random_maps).items():
+            samples.setdefault("random maps (baseline)", {m: [] for m in ALL_METRICS})[metric].extend(vals)
+        chi = trace.heads["separation_chi"].mean("step").values  # [L, H]
+        for layer in range(chi.shape[0]):
+            for head in range(chi.shape[1]):
+                head_chi.setdefault(f"head_{layer}_{head}", []).append(float(chi[layer, head]))
+        shares = pointing(clip, concepts, trace.diagnostics)
+        if shares is not None:
+            point_sum = shares if point_sum is None else point_sum + shares
+            point_n += 1
+            if len(clip.objects) == 2:
+                point2_sum = shares if point2_sum is None else point2_sum + shares
+                point2_n += 1
+        if (index + 1) % 10 == 0:
+            print(f"{index + 1}/{len(clips)} clips, {time.time() - started:.0f} s", flush=True)
+
+    rows = {name: {m: float(np.mean(v[m])) if v[m] else float("nan") for m in ALL_METRICS} for name, v in samples.items()}
+    counts = {m: len(samples["cross_attention"][m]) for m in ALL_METRICS}
+    heads_sorted = sorted(head_chi)
+    chi_means = np.array([np.mean(head_chi[h]) for h in heads_sorted])
+    motion_means = np.array([np.mean(head_motion[h]) if head_motion.get(h) else np.nan for h in heads_sorted])
+    valid = np.isfinite(motion_means)
+    correlation = float(np.corrcoef(chi_means[valid], motion_means[valid])[0, 1]) if valid.sum() > 2 else float("nan")
+    pointing_table = (point_sum / point_n) if point_n else None
+    pointing2 = (point2_sum / point2_n) if point2_n else None
+
+    model = "untrained" if args.untrained else str(args.checkpoint or args.weights or "vidinterp.zoo.load('shapes')")
+    step = getattr(pipe, "benchmark_step", None)
+    title = (f"Shapes benchmark: {len(clips)} held-out clips ({sum(len(c.objects) == 2 for c in clips)} with two "
+             f"objects), model {model}{f' (step {step})' if step is not None else ''}, renoise step "
+             f"{args.renoise_step if args.renoise_step is not None else 30}/50, k={args.k}, selected layers {selected}")
+    table = format_table(rows, counts, title)
+    best_auroc = max((v["auroc_2obj"] for n, v in rows.items() if n != "random maps (baseline)" and np.isfinite(v["auroc_2obj"])), default=float("nan"))
+    extra = [
+        "",
+        f"QK-peak pointing accuracy (surrogate token cell inside the named object), mean over layers and heads: "
+        f"{float(np.mean(pointing_table)) if pointing_table is not None else float('nan'):.3f}; best (layer, head): "
+        + (f"{float(pointing_table.max()):.3f} at {tuple(int(i) for i in np.unravel_index(pointing_table.argmax(), pointing_table.shape))}"
+           if pointing_table is not None else "n/a")
+        + "; per layer: " + (", ".join(f"{float(v):.3f}" for v in pointing_table.mean(axis=1)) if pointing_table is not None else "n/a"),
+        "QK-peak pointing on two-object clips only: mean "
+        + (f"{float(pointing2.mean()):.3f}, best {float(pointing2.max()):.3f} at "
+           f"{tuple(int(i) for i in np.unravel_index(pointing2.argmax(), pointing2.shape))}" if pointing2 is not None else "n/a"),
+        f"Per-head Pearson correlation of separation CHI with motion IoU ({int(valid.sum())} heads): {correlation:.3f}",
+        f"Best method AUROC (2 obj): {best_auroc:.3f} (shipping bar 0.7); random-map object mIoU "
+        f"{rows['random maps (baseline)']['object_miou']:.3f}",
+        f"Wall time {time.time() - started:.0f} s",
+    ]
+    text = table + "\n" + "\n".join(extra) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".md").write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({
+        "title": title, "rows": rows, "counts": counts, "selected_layers": selected,
+        "lambda2_layer_scores": scores, "chi_motion_correlation": correlation,
+        "per_head": {h: {"chi": float(c), "motion_iou": float(m)} for h, c, m in zip(heads_sorted, chi_means, motion_means)},
+        "pointing": None if pointing_table is None else pointing_table.tolist(),
+        "pointing_2obj": None if pointing2 is None else pointing2.tolist(), "best_auroc": best_auroc,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Train the bundled shapes text-to-video model (``vidinterp.zoo.load("shapes")``). Not run in CI.
+
+Reproducible from ``--seed``: the clips of step ``s`` and their noise / timesteps / caption
+dropout are drawn from generators seeded by ``(seed, s)``, so a run resumed from a checkpoint
+sees exactly the data an uninterrupted run would. Resumable in chunks::
+
+    python benchmarks/train_shapes.py --out runs/shapes --total-steps 6000 --chunk 1000   # repeat
+    python benchmarks/train_shapes.py --out runs/shapes --samples      # frame grid PNG (EMA weights)
+    python benchmarks/train_shapes.py --out runs/shapes --export zoo/weights
+
+Each invocation resumes from ``<out>/checkpoint.pt`` when it exists, trains at most ``--chunk``
+steps (or until ``--total-steps``, or ``--max-minutes``), and checkpoints every
+``--checkpoint-every`` steps and at the end. ``<out>/log.jsonl`` holds the losses.
+
+Objective: v-prediction on the ``CogVideoXDDIMScheduler`` schedule the pipeline samples with
+(zero terminal SNR), timesteps uniform in ``[0, 1000)``, MSE; AdamW with linear warm-up then
+cosine decay over ``--total-steps``; gradient clipping 1.0; EMA of the weights (exported).
+Batches mix one-object and two-object clips (``--single-fraction``); captions are dropped
+(empty prompt) with probability ``--caption-dropout`` for classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidinterp.datasets.shapes import generate_clip
+from vidinterp.zoo.shapes import (
+    ShapesModelConfig,
+    build_shapes_pipeline,
+    export_state,
+    load_state,
+    model_state,
+    train_clip_config,
+)
+
+VALIDATION_SEED = 10_000_019  # held-out clip seeds use a different root than training
+
+
+def clip_seed(root: int, *indices: int) -> int:
+    """Independent clip seed for ``(root, indices...)``."""
+    return int(np.random.SeedSequence([root, *indices]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def make_batch(pipe, config: ShapesModelConfig, root: int, step: int, batch: int, single_fraction: float):
+    """Clips of one step: ``(latents [B, F, C, H, W], captions)``."""
+    singles = int(round(batch * single_fraction))
+    one, two = train_clip_config(config, (1, 1)), train_clip_config(config, (2, 2))
+    clips = [generate_clip(one if i < singles else two, clip_seed(root, step, i)) for i in range(batch)]
+    pixels = torch.from_numpy(np.stack([c.frames for c in clips])).float() / 127.5 - 1  # [B, F, H, W, 3]
+    pixels = pixels.permute(0, 4, 1, 2, 3)  # [B, 3, F, H, W]
+    latents = pipe.vae.latents(pixels) * pipe.vae.config.scaling_factor
+    return latents.permute(0, 2, 1, 3, 4).contiguous(), [c.caption for c in clips]
+
+
+def encode_text(pipe, captions: list[str], config: ShapesModelConfig) -> torch.Tensor:
+    """Prompt embeddings exactly as ``CogVideoXPipeline._get_t5_prompt_embeds`` computes them."""
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=config.max_text_length, truncation=True,
+                         add_special_tokens=True, return_tensors="pt").input_ids
+    return pipe.text_encoder(ids)[0]
+
+
+def v_loss(pipe, latents, captions, config, generator, rotary, caption_dropout: float) -> torch.Tensor:
+    scheduler = pipe.scheduler
+    batch = latents.shape[0]
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    drop = torch.rand(batch, generator=generator) < caption_dropout
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = scheduler.get_velocity(latents, noise, timesteps)
+    prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=encode_text(pipe, captions, config),
+                                  timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+
+
+def trainable(pipe) -> list[torch.nn.Parameter]:
+    return list(pipe.transformer.parameters()) + list(pipe.text_encoder.parameters())
+
+
+def learning_rate(step: int, args) -> float:
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    progress = min(1.0, (step - args.warmup) / max(1, args.total_steps - args.warmup))
+    return args.min_lr + 0.5 * (args.lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def validation_loss(pipe, config, rotary, clips: int = 32) -> float:
+    """Mean v-loss on fixed held-out clips at a fixed spread of timesteps (no caption dropout)."""
+    latents, captions = make_batch(pipe, config, VALIDATION_SEED, 0, clips, 0.5)
+    generator = torch.Generator().manual_seed(0)
+    scheduler = pipe.scheduler
+    timesteps = torch.linspace(20, 980, clips).long()
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = scheduler.get_velocity(latents, noise, timesteps)
+    prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=encode_text(pipe, captions, config),
+                                  timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
+    return float(torch.nn.functional.mse_loss(prediction, target))
+
+
+def swap_in(pipe, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Load ``state`` into ``pipe`` and return the previous weights."""
+    previous = {k: v.detach().clone() for k, v in model_state(pipe).items()}
+    load_state(pipe, state)
+    return previous
+
+
+def sample_grid(pipe, path: Path, prompts: list[str], seed: int = 0, steps: int = 30, guidance: float = 4.0,
+                scale: int = 4) -> Path:
+    """Generate one clip per prompt and save a grid PNG: one row per prompt, one column per frame."""
+    import imageio.v3 as iio
+
+    rows = []
+    for index, prompt in enumerate(prompts):
+        generator = torch.Generator().manual_seed(seed + index)
+        frames = pipe(prompt, num_frames=pipe.transformer.config.sample_frames,
+                      height=pipe.transformer.config.sample_height, width=pipe.transformer.config.sample_width,
+                      num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                      max_sequence_length=pipe.transformer.config.max_text_seq_length,  # trained length
+                      output_type="np").frames[0]
+        frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+        frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+        pad = np.full((frames.shape[0], frames.shape[1], 2, 3), 128, np.uint8)
+        rows.append(np.concatenate([np.concatenate([f, p], axis=1) for f, p in zip(frames, pad)], axis=1))
+        rows.append(np.full((2, rows[-1].shape[1], 3), 128, np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.concatenate(rows, axis=0))
+    (path.with_suffix(".txt")).write_text("\n".join(prompts) + "\n")
+    return path
+
+
+SAMPLE_PROMPTS = [
+    "a red circle moving right",
+    "a blue square moving left",
+    "a yellow triangle moving down",
+    "a green diamond moving up",
+    "a white circle",
+    "a purple square moving right",
+    "a red triangle moving left and a blue circle",
+    "a yellow square and a green circle moving up",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/shapes"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--total-steps", type=int, default=6000)
+    parser.add_argument("--chunk", type=int, default=None, help="train at most this many steps in this call")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (and checkpoint) after this long")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--single-fraction", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--min-lr", type=float, default=5e-5)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--ema", type=float, default=0.998)
+    parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--checkpoint-every", type=int, default=250)
+    parser.add_argument("--validate-every", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--layers", type=int, default=ShapesModelConfig.num_layers, help="transformer blocks (new runs)")
+    parser.add_argument("--heads", type=int, default=ShapesModelConfig.num_heads, help="attention heads (new runs)")
+    parser.add_argument("--head-dim", type=int, default=ShapesModelConfig.head_dim, help="multiple of 16 (rotary)")
+    parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
+    parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    checkpoint_path = args.out / "checkpoint.pt"
+    config = ShapesModelConfig(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim)
+    if checkpoint_path.is_file():  # a resumed run keeps the architecture it was started with
+        stored = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]
+        config = ShapesModelConfig.from_dict(stored)
+    pipe = build_shapes_pipeline(config, seed=args.seed)
+    parameters = trainable(pipe)
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
+    ema = {k: v.detach().clone().float() for k, v in model_state(pipe).items()}
+    step = 0
+    if checkpoint_path.is_file():
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if checkpoint["config"] != json.loads(config.to_json()):
+            raise SystemExit(f"{checkpoint_path} was trained with another ShapesModelConfig; use a new --out")
+        load_state(pipe, checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        ema, step = checkpoint["ema"], int(checkpoint["step"])
+        print(f"resumed {checkpoint_path} at step {step}", flush=True)
+    elif args.samples or args.export:
+        raise SystemExit(f"no checkpoint at {checkpoint_path}")
+
+    if args.samples or args.export:
+        swap_in(pipe, ema)
+        pipe.transformer.eval(), pipe.text_encoder.eval()
+        if args.export:
+            path = export_state(pipe, config, args.export, metadata={"step": step, "seed": args.seed})
+            print(f"exported EMA weights of step {step} to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        if args.samples:
+            path = sample_grid(pipe, args.out / f"samples_step{step}.png", SAMPLE_PROMPTS, seed=args.seed)
+            print(f"wrote {path}")
+        return 0
+
+    rotary = pipe._prepare_rotary_positional_embeddings(config.height, config.width, config.num_frames, "cpu")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = open(args.out / "log.jsonl", "a")
+    stop = min(args.total_steps, step + args.chunk) if args.chunk else args.total_steps
+    started, window, window_start = time.time(), [], time.time()
+    pipe.transformer.train(), pipe.text_encoder.train()
+
+    def save() -> None:
+        state = {"model": model_state(pipe), "optimizer": optimizer.state_dict(), "ema": ema, "step": step,
+                 "config": json.loads(config.to_json()), "args": {k: str(v) for k, v in vars(args).items()}}
+        temporary = checkpoint_path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, checkpoint_path)
+
+    while step < stop:
+        if args.max_minutes is not None and time.time() - started > 60 * args.max_minutes:
+            break
+        generator = torch.Generator().manual_seed(clip_seed(args.seed, step, 1_000_003))
+        latents, captions = make_batch(pipe, config, args.seed, step, args.batch, args.single_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, args)
+        loss = v_loss(pipe, latents, captions, config, generator, rotary, args.caption_dropout)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            for key, value in model_state(pipe).items():
+                ema[key].mul_(args.ema).add_(value.detach().float(), alpha=1 - args.ema)
+        step += 1
+        window.append(float(loss.detach()))
+        if step % 50 == 0 or step == stop:
+            record = {"step": step, "loss": float(np.mean(window)), "lr": learning_rate(step - 1, args),
+                      "seconds_per_step": (time.time() - window_start) / len(window), "time": time.time()}
+            if step % args.validate_every == 0 or step == stop:
+                pipe.transformer.eval(), pipe.text_encoder.eval()
+                record["val_loss"] = validation_loss(pipe, config, rotary)
+                previous = swap_in(pipe, ema)
+                record["val_loss_ema"] = validation_loss(pipe, config, rotary)
+                load_state(pipe, previous)
+                pipe.transformer.train(), pipe.text_encoder.train()
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+            window, window_start = [], time.time()
+        if step % args.checkpoint_every == 0:
+            save()
+    save()
+    print(f"stopped at step {step} of {args.total_steps}; checkpoint {checkpoint_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The shapes model zoo: pipeline assembly, latent mapping, tokenizer errors, weights round trip,
+and (when weights ship) loading them offline. Uses an untrained instance: fast, no network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import vidinterp
+from vidinterp.datasets.shapes import VOCABULARY, generate_clip
+from vidinterp.zoo import UnknownWordError, available, build_shapes_pipeline, load, weights_path
+from vidinterp.zoo.latent import ShapesLatentMapping
+from vidinterp.zoo.shapes import ShapesModelConfig, export_state, model_state, train_clip_config
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return build_shapes_pipeline(ShapesModelConfig(num_layers=2))
+
+
+def test_pipeline_is_real_cogvideox(pipe):
+    from diffusers import CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    assert isinstance(pipe, CogVideoXPipeline)
+    assert isinstance(pipe.transformer, CogVideoXTransformer3DModel)
+    assert pipe.vae_scale_factor_spatial == 1 and pipe.vae_scale_factor_temporal == 1
+
+
+def test_latent_mapping_round_trip():
+    vae = ShapesLatentMapping()
+    clip = generate_clip(train_clip_config(ShapesModelConfig()), seed=1)
+    pixels = torch.from_numpy(clip.frames).float().permute(3, 0, 1, 2)[None] / 127.5 - 1
+    latents = vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(0))
+    assert latents.shape == (1, 4, clip.num_frames, clip.height, clip.width)
+    occupancy = latents[0, 3].bool().numpy()
+    np.testing.assert_array_equal(occupancy, clip.masks.any(axis=0))
+    decoded = vae.decode(latents).sample
+    torch.testing.assert_close(decoded, pixels, atol=1e-5, rtol=0)
+
+
+def test_unknown_words_list_the_vocabulary(pipe):
+    with pytest.raises(UnknownWordError, match="vocabulary") as error:
+        pipe.tokenizer("a pink circle")
+    assert "'pink'" in str(error.value) and all(word in str(error.value) for word in VOCABULARY)
+    ids = pipe.tokenizer("a red circle moving left", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 5 and len(set(ids)) == 5  # one distinct token per word
+    with pytest.raises(UnknownWordError):
+        vidinterp.trace(pipe, video=np.zeros((6, 32, 32, 3), np.uint8), prompt="a red circle",
+                        concepts=["dog"], num_inference_steps=4)
+
+
+def test_trace_renoises_a_shapes_clip(pipe):
+    clip = generate_clip(train_clip_config(ShapesModelConfig(), (2, 2)), seed=5)
+    trace = vidinterp.trace(pipe, video=clip.frames, prompt=clip.caption, concepts=clip.concepts,
+                            num_inference_steps=10)
+    maps = trace.maps["imap"]
+    assert maps.sizes == {"concept": len(clip.concepts), "frame": 6, "y": 8, "x": 8}
+    assert np.isfinite(maps.values).all()
+
+
+def test_generation_runs(pipe):
+    out = pipe("a red circle moving left", num_frames=6, height=32, width=32, num_inference_steps=2,
+               output_type="np", generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (1, 6, 32, 32, 3)
+
+
+def test_export_and_load_round_trip(tmp_path, pipe):
+    config = ShapesModelConfig(num_layers=2)
+    path = export_state(pipe, config, tmp_path)
+    loaded = load(weights=path)
+    for key, value in model_state(pipe).items():
+        torch.testing.assert_close(model_state(loaded)[key], value)
+
+
+def test_load_without_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_shapes.py"):
+        load(weights=tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="available"):
+        weights_path("nope")
+
+
+@pytest.mark.skipif("shapes" not in available(), reason="no packaged shapes weights in this install")
+def test_packaged_weights_load_offline():
+    pipe = load("shapes")
+    assert weights_path("shapes").stat().st_size <= 15_000_000
+    clip = generate_clip(train_clip_config(ShapesModelConfig()), seed=0)
+    trace = vidinterp.trace(pipe, video=clip.frames, prompt=clip.caption, concepts=clip.nouns, num_inference_steps=10)
+    assert np.isfinite(trace.maps["gramcol"].values).all()

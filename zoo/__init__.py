@@ -1,0 +1,68 @@
+"""Trained models that ship with vidinterp, loaded offline with one call.
+
+``vidinterp.zoo.load("shapes")`` returns a ``CogVideoXPipeline`` trained on the synthetic
+shapes clips (:mod:`vidinterp.datasets.shapes`), 6 frames at 32x32 pixels; see
+:mod:`vidinterp.zoo.shapes` for the architecture and ``benchmarks/train_shapes.py`` for training.
+"""
+
+from __future__ import annotations
+
+import json
+from os import PathLike
+from pathlib import Path
+
+from vidinterp.zoo.shapes import (
+    ShapesModelConfig,
+    UnknownWordError,
+    build_shapes_pipeline,
+    load_state,
+)
+
+__all__ = ["load", "available", "weights_path", "ShapesModelConfig", "UnknownWordError", "build_shapes_pipeline"]
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MODELS = ("shapes",)
+
+
+def weights_path(name: str = "shapes") -> Path:
+    """Where the packaged weights of model ``name`` live (``.safetensors``; config ``.json`` beside)."""
+    if name not in MODELS:
+        raise ValueError(f"unknown zoo model {name!r}; available: {list(MODELS)}")
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def available() -> list[str]:
+    """Zoo models whose weights are installed."""
+    return [name for name in MODELS if weights_path(name).is_file()]
+
+
+def load(name: str = "shapes", *, weights: str | PathLike | None = None, device: str = "cpu"):
+    """Load a zoo model as a diffusers pipeline, offline.
+
+    Args:
+        name: ``"shapes"``.
+        weights: a ``.safetensors`` file to load instead of the packaged one (e.g. an export of a
+            training run); its config is read from the ``.json`` beside it when present.
+        device: torch device.
+
+    Returns:
+        A ``CogVideoXPipeline``.
+
+    Raises:
+        FileNotFoundError: when no weights are installed (train them with
+            ``benchmarks/train_shapes.py`` and export, or pass ``weights=``).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(weights) if weights is not None else weights_path(name)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no weights for zoo model {name!r} at {path}: this install ships none yet. Train with "
+            f"`python benchmarks/train_shapes.py` then export (`--export`), or pass weights=<file.safetensors>; "
+            f"vidinterp.zoo.build_shapes_pipeline() gives an untrained instance"
+        )
+    config_file = path.with_suffix(".json")
+    config = ShapesModelConfig.from_dict(json.loads(config_file.read_text())) if config_file.is_file() else ShapesModelConfig()
+    pipe = build_shapes_pipeline(config)
+    load_state(pipe, load_file(str(path)))
+    return pipe.to(device)

@@ -1,0 +1,246 @@
+"""The bundled "shapes" text-to-video model: a small CogVideoX DiT for the synthetic shapes clips.
+
+Components, all real diffusers / transformers classes inside a real ``CogVideoXPipeline``:
+
+* ``transformer``: ``CogVideoXTransformer3DModel`` (rotary positions, patch 4; 32x32-pixel
+  frames -> 8x8 tokens per frame, one latent frame per pixel frame);
+* ``vae``: :class:`~vidinterp.zoo.latent.ShapesLatentMapping`, a fixed documented pixel <-> latent
+  map (RGB + occupancy, no compression);
+* ``tokenizer``: :class:`ShapesTokenizer`, word-level, built in code from
+  :data:`vidinterp.datasets.shapes.VOCABULARY`; an unknown word is a ``ValueError`` that lists
+  the vocabulary;
+* ``text_encoder``: a one-layer ``T5EncoderModel`` trained jointly, so each word has its own
+  learned embedding and words can see their neighbours;
+* ``scheduler``: ``CogVideoXDDIMScheduler`` (v-prediction, zero-terminal-SNR, trailing), the
+  schedule the model is trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidinterp.datasets.shapes import VOCABULARY, ShapesConfig
+from vidinterp.zoo.latent import LATENT_CHANNELS, ShapesLatentMapping
+
+__all__ = [
+    "ShapesModelConfig",
+    "ShapesTokenizer",
+    "UnknownWordError",
+    "build_shapes_pipeline",
+    "shapes_tokenizer",
+    "train_clip_config",
+    "load_state",
+    "export_state",
+]
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+class UnknownWordError(ValueError):
+    """A prompt or concept uses a word the shapes model does not know."""
+
+
+@dataclass(frozen=True)
+class ShapesModelConfig:
+    """Architecture and clip geometry of the shapes model (stored next to the weights)."""
+
+    num_frames: int = 6
+    height: int = 32
+    width: int = 32
+    patch_size: int = 4
+    num_layers: int = 4
+    num_heads: int = 4
+    head_dim: int = 16
+    time_embed_dim: int = 64
+    text_dim: int = 64
+    text_layers: int = 1
+    text_heads: int = 4
+    max_text_length: int = 12
+    scaling_factor: float = 2.0
+    vocabulary: tuple[str, ...] = field(default=VOCABULARY)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ShapesModelConfig":
+        values = dict(values)
+        if "vocabulary" in values:
+            values["vocabulary"] = tuple(values["vocabulary"])
+        known = {name for name in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ShapesModelConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def train_clip_config(model: ShapesModelConfig, num_objects: tuple[int, int] = (1, 2)) -> ShapesConfig:
+    """The clip generator settings the model is trained and benchmarked on."""
+    return ShapesConfig(
+        num_frames=model.num_frames,
+        height=model.height,
+        width=model.width,
+        num_objects=num_objects,
+        motion_probability=0.7,
+        partial_motion_probability=0.3,
+        size_range=(8, 12),
+        speed_range=(1.5, 3.0),
+        min_visible_fraction=0.6,
+    )
+
+
+def _check_words(text: Any, vocabulary: tuple[str, ...]) -> None:
+    texts = [text] if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else None
+    if texts is None:
+        return  # pre-tokenised input etc.: leave to the base class
+    for item in texts:
+        if not isinstance(item, str):
+            continue
+        unknown = sorted({word for word in item.lower().split() if word not in vocabulary})
+        if unknown:
+            raise UnknownWordError(
+                f"the shapes model does not know the word(s) {unknown} in {item!r}; prompts and concepts "
+                f"must use only its vocabulary: {list(vocabulary)}"
+            )
+
+
+def shapes_tokenizer(vocabulary: tuple[str, ...] = VOCABULARY, model_max_length: int = 512):
+    """Word-level T5-style tokenizer built in code: ``<pad>`` = 0, ``</s>`` = 1 (appended),
+    ``<unk>`` = 2, then one id per vocabulary word. Unknown words raise :class:`UnknownWordError`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    ids = {token: index for index, token in enumerate(SPECIAL_TOKENS + tuple(vocabulary))}
+    backend = Tokenizer(models.WordLevel(ids, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tokenizer = ShapesTokenizer(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        model_max_length=model_max_length,
+    )
+    tokenizer.shapes_vocabulary = tuple(vocabulary)
+    return tokenizer
+
+
+def _tokenizer_class():
+    from transformers import PreTrainedTokenizerFast
+
+    class _ShapesTokenizer(PreTrainedTokenizerFast):
+        """Word-level tokenizer of the shapes model; unknown words are an error, not ``<unk>``."""
+
+        shapes_vocabulary: tuple[str, ...] = VOCABULARY
+
+        def __call__(self, text=None, *args, **kwargs):
+            _check_words(text, self.shapes_vocabulary)
+            return super().__call__(text, *args, **kwargs)
+
+        def encode(self, text, *args, **kwargs):
+            _check_words(text, self.shapes_vocabulary)
+            return super().encode(text, *args, **kwargs)
+
+    _ShapesTokenizer.__name__ = _ShapesTokenizer.__qualname__ = "ShapesTokenizer"
+    return _ShapesTokenizer
+
+
+ShapesTokenizer = _tokenizer_class()
+
+
+def build_shapes_pipeline(config: ShapesModelConfig | None = None, seed: int = 0):
+    """A ``CogVideoXPipeline`` with the shapes architecture and freshly initialised weights."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    from transformers import T5Config, T5EncoderModel
+
+    config = config or ShapesModelConfig()
+    tokenizer = shapes_tokenizer(config.vocabulary)
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=config.num_heads,
+        attention_head_dim=config.head_dim,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        time_embed_dim=config.time_embed_dim,
+        text_embed_dim=config.text_dim,
+        num_layers=config.num_layers,
+        dropout=0.0,
+        sample_width=config.width,
+        sample_height=config.height,
+        sample_frames=config.num_frames,
+        patch_size=config.patch_size,
+        temporal_compression_ratio=1,
+        max_text_seq_length=config.max_text_length,
+        use_rotary_positional_embeddings=True,
+    ).eval()
+    torch.manual_seed(seed + 1)
+    text_encoder = T5EncoderModel(T5Config(
+        vocab_size=len(SPECIAL_TOKENS) + len(config.vocabulary),
+        d_model=config.text_dim,
+        d_kv=config.text_dim // config.text_heads,
+        d_ff=2 * config.text_dim,
+        num_layers=config.text_layers,
+        num_heads=config.text_heads,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )).eval()
+    vae = ShapesLatentMapping(scaling_factor=config.scaling_factor).eval()
+    scheduler = CogVideoXDDIMScheduler(timestep_spacing="trailing", rescale_betas_zero_snr=True,
+                                       prediction_type="v_prediction")
+    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                             transformer=transformer, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.shapes_config = config  # architecture and clip geometry, for tools
+    return pipe
+
+
+def model_state(pipe) -> dict[str, torch.Tensor]:
+    """The trainable weights of a shapes pipeline as one flat dict (``transformer.*``,
+    ``text_encoder.*``)."""
+    state = {f"transformer.{k}": v for k, v in pipe.transformer.state_dict().items()}
+    state.update({f"text_encoder.{k}": v for k, v in pipe.text_encoder.state_dict().items()})
+    return state
+
+
+def load_state(pipe, state: dict[str, torch.Tensor]) -> None:
+    """Load a :func:`model_state` dict into ``pipe`` (strict)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {"transformer": {}, "text_encoder": {}}
+    for key, value in state.items():
+        prefix, _, rest = key.partition(".")
+        if prefix not in parts:
+            raise ValueError(f"unexpected weight {key!r}; expected transformer.* or text_encoder.*")
+        parts[prefix][rest] = value
+    pipe.transformer.load_state_dict(parts["transformer"], strict=True)
+    # T5 ties shared and encoder.embed_tokens; saving may keep only one of them
+    text = parts["text_encoder"]
+    if "shared.weight" in text and "encoder.embed_tokens.weight" not in text:
+        text["encoder.embed_tokens.weight"] = text["shared.weight"]
+    if "encoder.embed_tokens.weight" in text and "shared.weight" not in text:
+        text["shared.weight"] = text["encoder.embed_tokens.weight"]
+    pipe.text_encoder.load_state_dict(text, strict=False)
+    missing = set(pipe.text_encoder.state_dict()) - set(text)
+    if missing:
+        raise ValueError(f"text encoder weights missing: {sorted(missing)}")
+
+
+def export_state(pipe, config: ShapesModelConfig, directory: str | Path, name: str = "shapes",
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write ``{name}.safetensors`` (float32 weights) and ``{name}.json`` (config) to ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().contiguous().clone() for k, v in model_state(pipe).items()}
+    state.pop("text_encoder.encoder.embed_tokens.weight", None)  # tied to shared.weight
+    path = directory / f"{name}.safetensors"
+    save_file(state, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    (directory / f"{name}.json").write_text(config.to_json())
+    return path
