@@ -196,28 +196,36 @@ def score_maps(clip: ShapesClip, concepts: list[str], maps: np.ndarray) -> dict[
     return out
 
 
-def pointing(clip: ShapesClip, concepts: list[str], diagnostics) -> np.ndarray | None:
-    """``[layer, head]`` share of surrogate tokens inside the named object's cell-dilated mask."""
+def pointing(clip: ShapesClip, concepts: list[str], diagnostics) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """``[layer, head]`` shares of surrogate tokens inside the named object's cell-dilated mask and
+    inside the other object's (two-object clips; zeros otherwise), and the chance level: the
+    expected share inside the named object for a token drawn uniformly from the frame's cells."""
     if "surrogate_y" not in diagnostics:
         return None
     ys = diagnostics["surrogate_y"].isel(step=0).values  # [C, F, L, H]
     xs = diagnostics["surrogate_x"].isel(step=0).values
     grid_h = diagnostics.sizes.get("y", None)
     cell = clip.height // 8 if grid_h is None else clip.height // grid_h
-    hits, total = 0, 0
+    hits, wrong, total, chance = 0, 0, 0, 0.0
     for c, word in enumerate(concepts):
         if not (word in SHAPES or word in COLORS) or naming(clip, word).sum() != 1:
             continue
-        mask = clip.masks[int(np.argmax(naming(clip, word)))]
-        cells = mask.reshape(clip.num_frames, mask.shape[1] // cell, cell, mask.shape[2] // cell, cell).any(axis=(2, 4))
+        def cell_mask(mask: np.ndarray) -> np.ndarray:
+            return mask.reshape(clip.num_frames, mask.shape[1] // cell, cell, mask.shape[2] // cell, cell).any(axis=(2, 4))
+
+        cells = cell_mask(clip.masks[int(np.argmax(naming(clip, word)))])
+        other = cell_mask(clip.masks[int(np.argmin(naming(clip, word)))]) if len(clip.objects) == 2 else None
         for f in range(clip.num_frames):
             if not cells[f].any():
                 continue
             y, x = ys[c, f].astype(int), xs[c, f].astype(int)
             inside = cells[f][y.clip(0), x.clip(0)] & (y >= 0)
             hits = hits + inside.astype(float)
+            if other is not None:
+                wrong = wrong + (other[f][y.clip(0), x.clip(0)] & (y >= 0) & ~cells[f][y.clip(0), x.clip(0)])
+            chance += float(cells[f].mean())
             total += 1
-    return hits / total if total else None
+    return (hits / total, np.broadcast_to(wrong / total, hits.shape), chance / total) if total else None
 
 
 def calibrate_layers(pipe, config: ShapesModelConfig, clips: int, renoise_kwargs: dict) -> dict[int, float]:
@@ -275,8 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, dict[str, list[float]]] = {}
     rng = np.random.default_rng(args.seed)
     point_sum, point_n = None, 0
-    point2_sum, point2_n = None, 0  # two-object clips only: the other object is a wrong answer
-    head_chi, head_motion = {}, {}
+    point2_sum, point2_n, other2_sum = None, 0, None  # two-object clips: the other object is a wrong answer
+    point_chance, point2_chance = [], []
+    head_chi, head_motion, head_auroc = {}, {}, {}
     clips = heldout_clips(args.clips, config)
     for index, clip in enumerate(clips):
         concepts = clip.concepts
@@ -291,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             result = score_maps(clip, concepts, values)
             if target == "per_head":
                 head_motion.setdefault(name, []).extend(result["motion_iou"])
+                head_auroc.setdefault(name, []).extend(result["auroc_2obj"])
             else:
                 for metric, vals in result.items():
                     samples.setdefault(name, {m: [] for m in ALL_METRICS})[metric].extend(vals)
@@ -301,13 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         for layer in range(chi.shape[0]):
             for head in range(chi.shape[1]):
                 head_chi.setdefault(f"head_{layer}_{head}", []).append(float(chi[layer, head]))
-        shares = pointing(clip, concepts, trace.diagnostics)
-        if shares is not None:
+        pointed = pointing(clip, concepts, trace.diagnostics)
+        if pointed is not None:
+            shares, other_shares, chance = pointed
             point_sum = shares if point_sum is None else point_sum + shares
             point_n += 1
+            point_chance.append(chance)
             if len(clip.objects) == 2:
                 point2_sum = shares if point2_sum is None else point2_sum + shares
+                other2_sum = other_shares if other2_sum is None else other2_sum + other_shares
                 point2_n += 1
+                point2_chance.append(chance)
         if (index + 1) % 10 == 0:
             print(f"{index + 1}/{len(clips)} clips, {time.time() - started:.0f} s", flush=True)
 
@@ -318,8 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     motion_means = np.array([np.mean(head_motion[h]) if head_motion.get(h) else np.nan for h in heads_sorted])
     valid = np.isfinite(motion_means)
     correlation = float(np.corrcoef(chi_means[valid], motion_means[valid])[0, 1]) if valid.sum() > 2 else float("nan")
+    head_auroc_means = {h: float(np.mean(v)) for h, v in head_auroc.items() if v}
+    best_head = max(head_auroc_means, key=head_auroc_means.get, default=None)
     pointing_table = (point_sum / point_n) if point_n else None
     pointing2 = (point2_sum / point2_n) if point2_n else None
+    pointing2_other = (other2_sum / point2_n) if point2_n else None
 
     model = "untrained" if args.untrained else str(args.checkpoint or args.weights or "vidinterp.zoo.load('shapes')")
     step = getattr(pipe, "benchmark_step", None)
@@ -334,10 +351,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{float(np.mean(pointing_table)) if pointing_table is not None else float('nan'):.3f}; best (layer, head): "
         + (f"{float(pointing_table.max()):.3f} at {tuple(int(i) for i in np.unravel_index(pointing_table.argmax(), pointing_table.shape))}"
            if pointing_table is not None else "n/a")
+        + f"; chance (random token) {float(np.mean(point_chance)) if point_chance else float('nan'):.3f}"
         + "; per layer: " + (", ".join(f"{float(v):.3f}" for v in pointing_table.mean(axis=1)) if pointing_table is not None else "n/a"),
         "QK-peak pointing on two-object clips only: mean "
         + (f"{float(pointing2.mean()):.3f}, best {float(pointing2.max()):.3f} at "
-           f"{tuple(int(i) for i in np.unravel_index(pointing2.argmax(), pointing2.shape))}" if pointing2 is not None else "n/a"),
+           f"{tuple(int(i) for i in np.unravel_index(pointing2.argmax(), pointing2.shape))}" if pointing2 is not None else "n/a")
+        + f"; chance {float(np.mean(point2_chance)) if point2_chance else float('nan'):.3f}; inside the other object "
+        + (f"mean {float(pointing2_other.mean()):.3f}, at the best head "
+           f"{float(pointing2_other.flat[pointing2.argmax()]):.3f}" if pointing2 is not None else "n/a"),
+        "Single-head GramCol AUROC (2 obj), best head chosen after the fact (a diagnostic, not a method): "
+        + (f"{head_auroc_means[best_head]:.3f} at {best_head}; median over heads "
+           f"{float(np.median(list(head_auroc_means.values()))):.3f}" if best_head else "n/a"),
         f"Per-head Pearson correlation of separation CHI with motion IoU ({int(valid.sum())} heads): {correlation:.3f}",
         f"Best method AUROC (2 obj): {best_auroc:.3f} (shipping bar 0.7); random-map object mIoU "
         f"{rows['random maps (baseline)']['object_miou']:.3f}",
@@ -353,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
         "per_head": {h: {"chi": float(c), "motion_iou": float(m)} for h, c, m in zip(heads_sorted, chi_means, motion_means)},
         "pointing": None if pointing_table is None else pointing_table.tolist(),
         "pointing_2obj": None if pointing2 is None else pointing2.tolist(), "best_auroc": best_auroc,
+        "pointing_2obj_other_object": None if pointing2_other is None else pointing2_other.tolist(),
+        "pointing_chance": float(np.mean(point_chance)) if point_chance else None,
+        "pointing_2obj_chance": float(np.mean(point2_chance)) if point2_chance else None,
+        "per_head_auroc_2obj": head_auroc_means,
         "args": {k: str(v) for k, v in vars(args).items()},
     }, indent=2))
     return 0
