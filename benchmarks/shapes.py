@@ -38,10 +38,10 @@ threshold, so layers scoring at least the median layer score are kept.
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,7 @@ from vidinterp.analyses.lambda2 import Lambda2
 from vidinterp.analyses.qk_matching import QKMatching
 from vidinterp.analyses.separation import Separation
 from vidinterp.datasets.shapes import COLORS, DIRECTIONS, SHAPES, ShapesClip, generate_clip
+from vidinterp.metrics import auroc, binarize_at_mean, foreground_background_miou, iou, upsample_nearest
 from vidinterp.selectors import AllLayers, LayerIndices
 from vidinterp.zoo.shapes import ShapesModelConfig, build_shapes_pipeline, load_state, train_clip_config
 
@@ -63,6 +64,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 HELDOUT_SEED = 20_000_003  # benchmark clips; training uses --seed (0), validation 10_000_019
 CALIBRATION_SEED = 30_000_001
+TUNING_SEED = 50_000_017  # clips for choosing settings (--tuning), never the reported ones
 METRICS = ("object_miou", "motion_iou", "temporal", "auroc_2obj")
 #: AUROC split by the kind of word naming the object (extra columns of the JSON and table)
 AUROC_KINDS = ("auroc_noun", "auroc_color", "auroc_direction")
@@ -118,42 +120,18 @@ def method_analyses(selected_layers: list[int], heads: int, k: int, seed: int) -
     return analyses
 
 
+def per_layer_analyses(num_layers: int) -> list:
+    """Cross attention and ConceptAttention of one layer each: where in depth the word signal is."""
+    return [named(cls(layers=LayerIndices([layer])), f"layer_{layer}_{cls.name}")
+            for layer in range(num_layers) for cls in (CrossAttention, ConceptAttention)]
+
+
 def per_head_analyses(num_layers: int, heads: int) -> list:
     return [named(GramCol(layers=LayerIndices([layer]), heads=HeadIndices([head])), f"head_{layer}_{head}")
             for layer in range(num_layers) for head in range(heads)]
 
 
 # ------------------------------------------------------------------ metrics
-def upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``[..., h, w]`` token maps -> ``[..., H, W]`` pixels (nearest)."""
-    return maps.repeat(height // maps.shape[-2], axis=-2).repeat(width // maps.shape[-1], axis=-1)
-
-
-def threshold(frame_map: np.ndarray) -> np.ndarray:
-    lo, hi = frame_map.min(), frame_map.max()
-    normalised = (frame_map - lo) / (hi - lo) if hi > lo else np.zeros_like(frame_map)
-    return normalised > normalised.mean()
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """Mann-Whitney AUROC with ties counted one half."""
-    scores = np.concatenate([positive, negative])
-    order = scores.argsort(kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks of ties
-    unique, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    average = start + (counts - 1) / 2.0 + 1
-    ranks[order] = np.repeat(average, counts)
-    n_pos, n_neg = len(positive), len(negative)
-    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def naming(clip: ShapesClip, word: str) -> np.ndarray:
     """Which objects of the clip ``word`` names."""
     return np.array([word in (obj.shape, obj.color, obj.direction) for obj in clip.objects])
@@ -161,20 +139,19 @@ def naming(clip: ShapesClip, word: str) -> np.ndarray:
 
 def score_maps(clip: ShapesClip, concepts: list[str], maps: np.ndarray) -> dict[str, list[float]]:
     """Metric samples of one method on one clip; ``maps`` is ``[C, F, h, w]``."""
-    pixels = upsample(maps, clip.height, clip.width)  # [C, F, H, W]
+    pixels = upsample_nearest(maps, clip.height, clip.width)  # [C, F, H, W]
     out: dict[str, list[float]] = {name: [] for name in ALL_METRICS}
     for c, word in enumerate(concepts):
         m = pixels[c]
         if word in SHAPES or word in COLORS:
             truth = clip.concept_mask(word)
-            values = [(iou(threshold(m[f]), truth[f]) + iou(~threshold(m[f]), ~truth[f])) / 2
-                      for f in range(clip.num_frames)]
+            values = [foreground_background_miou(binarize_at_mean(m[f]), truth[f]) for f in range(clip.num_frames)]
             out["object_miou"].append(float(np.mean(values)))
         if word in DIRECTIONS:
             truth = clip.concept_mask(word)
             moving_frames = [f for f in range(clip.num_frames) if truth[f].any()]
             if moving_frames:
-                out["motion_iou"].append(float(np.mean([iou(threshold(m[f]), truth[f]) for f in moving_frames])))
+                out["motion_iou"].append(float(np.mean([iou(binarize_at_mean(m[f]), truth[f]) for f in moving_frames])))
             objects = naming(clip, word)
             moving = clip.moving[objects].any(axis=0)
             if moving.any() and not moving.all():
@@ -265,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--renoise-step", type=int, default=None, help="schedule index (default: adapter's, 30 of 50)")
     parser.add_argument("--num-renoise-steps", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tuning", action="store_true",
+                        help="score tuning clips (their own seeds) instead of the held-out benchmark clips")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/shapes"))
     args = parser.parse_args(argv)
@@ -286,21 +265,25 @@ def main(argv: list[str] | None = None) -> int:
     point2_sum, point2_n, other2_sum = None, 0, None  # two-object clips: the other object is a wrong answer
     point_chance, point2_chance = [], []
     head_chi, head_motion, head_auroc = {}, {}, {}
-    clips = heldout_clips(args.clips, config)
+    layer_samples: dict[str, dict[str, list[float]]] = {}
+    clips = heldout_clips(args.clips, config, TUNING_SEED if args.tuning else HELDOUT_SEED)
     for index, clip in enumerate(clips):
         concepts = clip.concepts
         analyses = (method_analyses(selected, config.num_heads, args.k, args.seed)
                     + per_head_analyses(config.num_layers, config.num_heads)
+                    + per_layer_analyses(config.num_layers)
                     + [Separation(scores=("chi",)), QKMatching()])
         trace = vidinterp.trace(pipe, video=clip.frames, prompt=clip.caption, concepts=concepts,
                                 analyses=analyses, **renoise)
         for name in trace.maps.data_vars:
             values = trace.maps[name].values
-            target = "per_head" if name.startswith("head_") else "methods"
             result = score_maps(clip, concepts, values)
-            if target == "per_head":
+            if name.startswith("head_"):
                 head_motion.setdefault(name, []).extend(result["motion_iou"])
                 head_auroc.setdefault(name, []).extend(result["auroc_2obj"])
+            elif name.startswith("layer_"):
+                for metric in ("object_miou", "auroc_2obj"):
+                    layer_samples.setdefault(name, {"object_miou": [], "auroc_2obj": []})[metric].extend(result[metric])
             else:
                 for metric, vals in result.items():
                     samples.setdefault(name, {m: [] for m in ALL_METRICS})[metric].extend(vals)
@@ -340,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = "untrained" if args.untrained else str(args.checkpoint or args.weights or "vidinterp.zoo.load('shapes')")
     step = getattr(pipe, "benchmark_step", None)
-    title = (f"Shapes benchmark: {len(clips)} held-out clips ({sum(len(c.objects) == 2 for c in clips)} with two "
+    title = (f"Shapes benchmark: {len(clips)} {'tuning' if args.tuning else 'held-out'} clips ({sum(len(c.objects) == 2 for c in clips)} with two "
              f"objects), model {model}{f' (step {step})' if step is not None else ''}, renoise step "
              f"{args.renoise_step if args.renoise_step is not None else 30}/50, k={args.k}, selected layers {selected}")
     table = format_table(rows, counts, title)
@@ -362,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "Single-head GramCol AUROC (2 obj), best head chosen after the fact (a diagnostic, not a method): "
         + (f"{head_auroc_means[best_head]:.3f} at {best_head}; median over heads "
            f"{float(np.median(list(head_auroc_means.values()))):.3f}" if best_head else "n/a"),
+        "Single-layer maps, object mIoU / AUROC (2 obj) per layer (a diagnostic, not a method): " + "; ".join(
+            f"{name.removeprefix('layer_')} {np.mean(v['object_miou']):.3f} / {np.mean(v['auroc_2obj']):.3f}"
+            for name, v in layer_samples.items()),
         f"Per-head Pearson correlation of separation CHI with motion IoU ({int(valid.sum())} heads): {correlation:.3f}",
         f"Best method AUROC (2 obj): {best_auroc:.3f} (shipping bar 0.7); random-map object mIoU "
         f"{rows['random maps (baseline)']['object_miou']:.3f}",
@@ -381,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         "pointing_chance": float(np.mean(point_chance)) if point_chance else None,
         "pointing_2obj_chance": float(np.mean(point2_chance)) if point2_chance else None,
         "per_head_auroc_2obj": head_auroc_means,
+        "per_layer": {name.removeprefix("layer_"): {m: float(np.mean(v[m])) for m in v} for name, v in layer_samples.items()},
         "args": {k: str(v) for k, v in vars(args).items()},
     }, indent=2))
     return 0
