@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import vidinterp
-from vidinterp.datasets.shapes import VOCABULARY, generate_clip
-from vidinterp.zoo import UnknownWordError, available, build_shapes_pipeline, load, weights_path
+from vidinterp.datasets.shapes import VOCABULARY, generate_clip, load_clip
+from vidinterp.zoo import DEMO_SEED, UnknownWordError, available, build_shapes_pipeline, demo_clip, load, weights_path
 from vidinterp.zoo.latent import ShapesLatentMapping
 from vidinterp.zoo.shapes import ShapesModelConfig, export_state, model_state, train_clip_config
 
@@ -71,6 +71,17 @@ def test_export_and_load_round_trip(tmp_path, pipe):
     loaded = load(weights=path)
     for key, value in model_state(pipe).items():
         torch.testing.assert_close(model_state(loaded)[key], value)
+
+
+def test_bundled_demo_clip_is_the_documented_clip():
+    entry = demo_clip("shapes")
+    clip = load_clip(entry)  # decodes the bundled mp4
+    expected = generate_clip(train_clip_config(ShapesModelConfig(), (2, 2)), DEMO_SEED)
+    assert entry.seed == DEMO_SEED and entry.caption == expected.caption and len(clip.objects) == 2
+    np.testing.assert_array_equal(clip.masks, expected.masks)
+    assert np.abs(clip.frames.astype(int) - expected.frames.astype(int)).max() <= 2  # near-lossless H.264
+    with pytest.raises(ValueError, match="available"):
+        demo_clip("nope")
 
 
 def test_load_without_weights_is_a_clear_error(tmp_path):

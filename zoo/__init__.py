@@ -11,6 +11,7 @@ import json
 from os import PathLike
 from pathlib import Path
 
+from vidinterp.datasets.shapes import ManifestEntry, read_manifest
 from vidinterp.zoo.shapes import (
     ShapesModelConfig,
     UnknownWordError,
@@ -18,10 +19,24 @@ from vidinterp.zoo.shapes import (
     load_state,
 )
 
-__all__ = ["load", "available", "weights_path", "ShapesModelConfig", "UnknownWordError", "build_shapes_pipeline"]
+__all__ = [
+    "load",
+    "available",
+    "weights_path",
+    "demo_clip",
+    "DEMO_SEED",
+    "ShapesModelConfig",
+    "UnknownWordError",
+    "build_shapes_pipeline",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEMO_DIR = Path(__file__).parent / "demo"
 MODELS = ("shapes",)
+
+#: Seed of the bundled demo clip: ``generate_clip(train_clip_config(ShapesModelConfig(), (2, 2)),
+#: DEMO_SEED)``, disjoint from the training, validation and benchmark seeds.
+DEMO_SEED = 40012
 
 
 def weights_path(name: str = "shapes") -> Path:
@@ -29,6 +44,15 @@ def weights_path(name: str = "shapes") -> Path:
     if name not in MODELS:
         raise ValueError(f"unknown zoo model {name!r}; available: {list(MODELS)}")
     return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def demo_clip(name: str = "shapes") -> ManifestEntry:
+    """The clip bundled with zoo model ``name``: a two-object shapes clip the model never saw,
+    as an mp4 (H.264, yuv444p, crf 0) with its exact masks, in a shapes manifest
+    (:func:`vidinterp.datasets.shapes.write_dataset` of the clip of :data:`DEMO_SEED`).
+    Load the frames and ground truth with :func:`vidinterp.datasets.shapes.load_clip`."""
+    weights_path(name)  # validates the name
+    return read_manifest(DEMO_DIR / name / "manifest.json")[0]
 
 
 def available() -> list[str]:
