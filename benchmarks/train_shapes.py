@@ -172,13 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=ShapesModelConfig.num_layers, help="transformer blocks (new runs)")
     parser.add_argument("--heads", type=int, default=ShapesModelConfig.num_heads, help="attention heads (new runs)")
     parser.add_argument("--head-dim", type=int, default=ShapesModelConfig.head_dim, help="multiple of 16 (rotary)")
+    parser.add_argument("--text-layers", type=int, default=ShapesModelConfig.text_layers,
+                        help="T5 encoder layers (new runs); 0: one learned embedding per word, no context mixing")
     parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
     parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     checkpoint_path = args.out / "checkpoint.pt"
-    config = ShapesModelConfig(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim)
+    config = ShapesModelConfig(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim,
+                               text_layers=args.text_layers)
     if checkpoint_path.is_file():  # a resumed run keeps the architecture it was started with
         stored = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]
         config = ShapesModelConfig.from_dict(stored)
