@@ -31,6 +31,19 @@ def test_main_command_writes_html_and_netcdf(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_zoo_model_renoises_its_bundled_clip(tmp_path, capsys, monkeypatch):
+    import vidinterp
+    from vidinterp.cli import main
+    from vidinterp.zoo import ShapesModelConfig, build_shapes_pipeline
+
+    untrained = build_shapes_pipeline(ShapesModelConfig(num_layers=2))  # stands in for the packaged weights
+    monkeypatch.setattr(vidinterp.zoo, "load", lambda name: untrained)
+    assert main(["run", "--model", "zoo:shapes", "--out", str(tmp_path), "--steps", "10"]) == 0
+    entry = vidinterp.zoo.demo_clip("shapes")
+    assert f"prompt: {entry.caption!r}; concepts: {list(entry.concepts)}" in capsys.readouterr().out
+    assert vidinterp.Trace.load(tmp_path / "trace.nc").maps.sizes["concept"] == len(entry.concepts)
+
+
 def test_main_command_rejects_unknown_method(tmp_path, capsys):
     from vidinterp.cli import main
 

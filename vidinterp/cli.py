@@ -1,6 +1,8 @@
 """Command line: ``vidinterp run`` traces a video and writes an interactive HTML view and a
-netCDF file; with no arguments it runs on the bundled default (a tiny offline CogVideoX
-pipeline and a synthetic shapes clip with exact ground truth)."""
+netCDF file. With no arguments it runs on the bundled default: a tiny offline CogVideoX
+pipeline (random weights) renoising a synthetic shapes clip with exact ground truth. A zoo
+model (``--model zoo:shapes``, once its weights are installed) renoises its own bundled clip
+(an mp4 with exact masks) unless ``--video`` is given."""
 
 from __future__ import annotations
 
@@ -12,16 +14,18 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 DEFAULT_METHODS = ("imap", "gramcol", "concept_attention", "cross_attention")
+DEFAULT_MODEL = "tiny-cogvideox"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vidinterp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="trace a video (default: the bundled demo) and write HTML + netCDF")
-    run.add_argument("--model", default="tiny-cogvideox",
-                     help="local pipeline directory or cached model id; 'tiny-<family>' for an offline tiny pipeline; "
-                          "'zoo:<name>' for a trained model of vidinterp.zoo")
-    run.add_argument("--video", help="video file to renoise (default: a synthetic shapes clip)")
+    run.add_argument("--model", default=DEFAULT_MODEL,
+                     help="'tiny-<family>' for an offline tiny pipeline (default: %(default)s); 'zoo:<name>' for a "
+                          "trained model of vidinterp.zoo; a local pipeline directory or cached model id")
+    run.add_argument("--video", help="video file to renoise (default: a zoo model's bundled clip; for other models "
+                                     "a synthetic shapes clip at the model's geometry)")
     run.add_argument("--prompt", help="prompt / caption (default: the demo clip's caption)")
     run.add_argument("--concepts", nargs="+", help="concept words (default: the demo clip's concepts)")
     run.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help=f"analyses to run (default: {' '.join(DEFAULT_METHODS)})")
@@ -47,9 +51,14 @@ def _pipeline(model: str):
     return load_pipeline(model)
 
 
-def _demo_clip(geometry: tuple[int, int, int], seed: int):
-    from vidinterp.datasets.shapes import ShapesConfig, generate_clip
+def _demo_clip(model: str, geometry: tuple[int, int, int], seed: int):
+    """A zoo model's bundled clip, or a two-object shapes clip at ``geometry`` (frames, H, W)."""
+    from vidinterp.datasets.shapes import ShapesConfig, generate_clip, load_clip
 
+    if model.startswith("zoo:"):
+        import vidinterp
+
+        return load_clip(vidinterp.zoo.demo_clip(model.removeprefix("zoo:")))
     frames, height, width = geometry
     config = ShapesConfig(num_frames=frames, height=height, width=width, num_objects=(2, 2),
                           size_range=(max(4, min(height, width) // 4), max(5, min(height, width) // 3)))
@@ -73,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"unknown methods {unknown}; available: {sorted(classes)}", file=sys.stderr)
         return 2
     if args.video is None:
-        clip = _demo_clip(adapter.default_geometry(), args.seed)
+        clip = _demo_clip(args.model, adapter.default_geometry(), args.seed)
         video, prompt, concepts = clip.frames, args.prompt or clip.caption, args.concepts or clip.concepts
     else:
         if not args.concepts:
