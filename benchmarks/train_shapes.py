@@ -192,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     step = 0
     if checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        if checkpoint["config"] != json.loads(config.to_json()):
-            raise SystemExit(f"{checkpoint_path} was trained with another ShapesModelConfig; use a new --out")
         load_state(pipe, checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         ema, step = checkpoint["ema"], int(checkpoint["step"])
