@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head-dim", type=int, default=ShapesModelConfig.head_dim, help="multiple of 16 (rotary)")
     parser.add_argument("--text-layers", type=int, default=ShapesModelConfig.text_layers,
                         help="T5 encoder layers (new runs); 0: one learned embedding per word, no context mixing")
+    parser.add_argument("--object-size", type=int, nargs=2, default=ShapesModelConfig.object_size,
+                        metavar=("MIN", "MAX"), help="object bounding-box sizes of the clips, pixels (new runs)")
     parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
     parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
     args = parser.parse_args(argv)
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint_path = args.out / "checkpoint.pt"
     config = ShapesModelConfig(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim,
-                               text_layers=args.text_layers)
+                               text_layers=args.text_layers, object_size=tuple(args.object_size))
     if checkpoint_path.is_file():  # a resumed run keeps the architecture it was started with
         stored = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]
         config = ShapesModelConfig.from_dict(stored)
