@@ -184,16 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_path = args.out / "checkpoint.pt"
     config = ShapesModelConfig(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim,
                                text_layers=args.text_layers, object_size=tuple(args.object_size))
-    if checkpoint_path.is_file():  # a resumed run keeps the architecture it was started with
-        stored = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["config"]
-        config = ShapesModelConfig.from_dict(stored)
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.is_file() else None
+    if checkpoint is not None:  # a resumed run keeps the architecture it was started with
+        config = ShapesModelConfig.from_dict(checkpoint["config"])
     pipe = build_shapes_pipeline(config, seed=args.seed)
     parameters = trainable(pipe)
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     ema = {k: v.detach().clone().float() for k, v in model_state(pipe).items()}
     step = 0
-    if checkpoint_path.is_file():
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    if checkpoint is not None:
         load_state(pipe, checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         ema, step = checkpoint["ema"], int(checkpoint["step"])
