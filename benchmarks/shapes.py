@@ -55,7 +55,7 @@ from vidinterp.analyses.heads import HeadIndices, RandomHeads, TopKHeads
 from vidinterp.analyses.lambda2 import Lambda2
 from vidinterp.analyses.qk_matching import QKMatching
 from vidinterp.analyses.separation import Separation
-from vidinterp.datasets.shapes import COLORS, DIRECTIONS, SHAPES, ShapesClip, generate_clip
+from vidinterp.datasets.shapes import COLORS, DIRECTIONS, SHAPES, ShapesClip, clip_seed, generate_clip
 from vidinterp.metrics import auroc, binarize_at_mean, foreground_background_miou, iou, upsample_nearest
 from vidinterp.selectors import AllLayers, LayerIndices
 from vidinterp.zoo.shapes import ShapesModelConfig, build_shapes_pipeline, load_state, train_clip_config
@@ -69,10 +69,6 @@ METRICS = ("object_miou", "motion_iou", "temporal", "auroc_2obj")
 #: AUROC split by the kind of word naming the object (extra columns of the JSON and table)
 AUROC_KINDS = ("auroc_noun", "auroc_color", "auroc_direction")
 ALL_METRICS = METRICS + AUROC_KINDS
-
-
-def clip_seed(root: int, index: int) -> int:
-    return int(np.random.SeedSequence([root, index]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def heldout_clips(n: int, config: ShapesModelConfig, root: int = HELDOUT_SEED) -> list[ShapesClip]:

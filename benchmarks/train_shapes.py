@@ -8,6 +8,10 @@ sees exactly the data an uninterrupted run would. Resumable in chunks::
     python benchmarks/train_shapes.py --out runs/shapes --samples      # frame grid PNG (EMA weights)
     python benchmarks/train_shapes.py --out runs/shapes --export zoo/weights
 
+A new run can start from another run's EMA weights (``--init-from runs/a/checkpoint.pt
+--text-layers 1``): text-encoder layers the source lacks start as exact identities, so the
+warm-started model first computes what the source did, then learns to use word order.
+
 Each invocation resumes from ``<out>/checkpoint.pt`` when it exists, trains at most ``--chunk``
 steps (or until ``--total-steps``, or ``--max-minutes``), and checkpoints every
 ``--checkpoint-every`` steps and at the end. ``<out>/log.jsonl`` holds the losses.
@@ -22,6 +26,7 @@ Batches mix one-object and two-object clips (``--single-fraction``); captions ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -32,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidinterp.datasets.shapes import generate_clip
+from vidinterp.datasets.shapes import clip_seed, generate_clip
 from vidinterp.zoo.shapes import (
     ShapesModelConfig,
     build_shapes_pipeline,
@@ -43,11 +48,6 @@ from vidinterp.zoo.shapes import (
 )
 
 VALIDATION_SEED = 10_000_019  # held-out clip seeds use a different root than training
-
-
-def clip_seed(root: int, *indices: int) -> int:
-    """Independent clip seed for ``(root, indices...)``."""
-    return int(np.random.SeedSequence([root, *indices]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def make_batch(pipe, config: ShapesModelConfig, root: int, step: int, batch: int, single_fraction: float):
@@ -80,6 +80,34 @@ def v_loss(pipe, latents, captions, config, generator, rotary, caption_dropout: 
     prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=encode_text(pipe, captions, config),
                                   timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
     return torch.nn.functional.mse_loss(prediction.float(), target.float())
+
+
+def warm_start(pipe, source: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``source`` weights into ``pipe``; text-encoder blocks the source lacks start as identity.
+
+    A new T5 block is residual, so zeroing its attention output (``SelfAttention.o``) and
+    feed-forward output (``DenseReluDense.wo``) projections makes the pipeline compute exactly what
+    the source did; the block then learns to mix context (word order) into the word embeddings.
+    Returns the names of the weights that were not in ``source``.
+    """
+    target = model_state(pipe)
+    new = sorted(set(target) - set(source))
+    stray = [k for k in new if not k.startswith("text_encoder.encoder.block.")]
+    if stray:
+        raise ValueError(f"warm start: the source lacks weights other than new text-encoder blocks: {stray}")
+    merged = {}
+    for key, value in target.items():
+        if key in source:
+            if source[key].shape != value.shape:
+                raise ValueError(f"warm start: {key} has shape {tuple(source[key].shape)} in the source, "
+                                 f"expected {tuple(value.shape)}")
+            merged[key] = source[key]
+        elif key.endswith(("SelfAttention.o.weight", "DenseReluDense.wo.weight")):
+            merged[key] = torch.zeros_like(value)
+        else:
+            merged[key] = value
+    load_state(pipe, merged)
+    return new
 
 
 def trainable(pipe) -> list[torch.nn.Parameter]:
@@ -176,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="T5 encoder layers (new runs); 0: one learned embedding per word, no context mixing")
     parser.add_argument("--object-size", type=int, nargs=2, default=ShapesModelConfig.object_size,
                         metavar=("MIN", "MAX"), help="object bounding-box sizes of the clips, pixels (new runs)")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="new runs: start from the EMA weights of this checkpoint (its architecture, with "
+                             "--text-layers); text-encoder layers it lacks start as identity")
     parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
     parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
     args = parser.parse_args(argv)
@@ -187,7 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.is_file() else None
     if checkpoint is not None:  # a resumed run keeps the architecture it was started with
         config = ShapesModelConfig.from_dict(checkpoint["config"])
+    source = None
+    if checkpoint is None and args.init_from is not None:
+        source = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        config = dataclasses.replace(ShapesModelConfig.from_dict(source["config"]), text_layers=args.text_layers)
     pipe = build_shapes_pipeline(config, seed=args.seed)
+    if source is not None:
+        new = warm_start(pipe, source["ema"])
+        print(f"warm start from the EMA weights of {args.init_from} (step {source['step']}); new: {new}", flush=True)
     parameters = trainable(pipe)
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     ema = {k: v.detach().clone().float() for k, v in model_state(pipe).items()}

@@ -16,6 +16,7 @@ from vidinterp.datasets.shapes import (
     ShapesConfig,
     check_caption,
     generate_clip,
+    clip_seed,
     generate_dataset,
     load_clip,
     load_clip_ground_truth,
@@ -47,6 +48,9 @@ def test_dataset_clips_regenerate_from_their_seed(clips):
     single = generate_clip(MOTION, clips[2].seed)
     np.testing.assert_array_equal(single.frames, clips[2].frames)
     assert generate_clip(ShapesConfig(seed=11)).objects == generate_clip(ShapesConfig(), seed=11).objects
+    assert [c.seed for c in again] == [clip_seed(7, i) for i in range(3)]
+    assert len({clip_seed(7, i) for i in range(100)} | {clip_seed(7, 1000, i) for i in range(1, 101)}) == 200
+    assert all(0 <= clip_seed(7, i) < 2**63 for i in range(100))
 
 
 def test_shapes_and_dtypes(clips):

@@ -71,6 +71,7 @@ __all__ = [
     "ShapesConfig",
     "ShapesGroundTruth",
     "check_caption",
+    "clip_seed",
     "generate_clip",
     "generate_dataset",
     "load_clip",
@@ -686,9 +687,15 @@ def generate_clip(
     )
 
 
-def _clip_seed(seed: int, index: int) -> int:
-    """Independent seed of clip ``index`` of a dataset with seed ``seed``."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]) >> 1  # < 2**63
+def clip_seed(root: int, *indices: int) -> int:
+    """Independent clip seed in ``[0, 2**63)`` for a root seed and a path of indices.
+
+    :func:`generate_dataset` gives clip ``i`` of a dataset with seed ``s`` the seed
+    ``clip_seed(s, i)``; training and benchmark scripts use longer paths (e.g. ``(root, step, i)``).
+    ``numpy.random.SeedSequence`` ignores trailing zero words, so ``clip_seed(s, i)`` equals
+    ``clip_seed(s, i, 0)``: keep the paths of one purpose the same length.
+    """
+    return int(np.random.SeedSequence([root, *indices]).generate_state(1, dtype=np.uint64)[0]) >> 1
 
 
 def generate_dataset(
@@ -715,7 +722,7 @@ def generate_dataset(
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     for index in range(n):
-        yield generate_clip(config, _clip_seed(int(seed), index), background)
+        yield generate_clip(config, clip_seed(int(seed), index), background)
 
 
 def _write_video(path: Path, frames: np.ndarray, fps: int) -> None:
