@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("MIN", "MAX"), help="object bounding-box sizes of the clips, pixels (new runs)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="new runs: start from the EMA weights of this checkpoint (its architecture, with "
-                             "--text-layers); text-encoder layers it lacks start as identity")
+                             "--text-layers and --object-size); text-encoder layers it lacks start as identity")
     parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
     parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
     args = parser.parse_args(argv)
@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     source = None
     if checkpoint is None and args.init_from is not None:
         source = torch.load(args.init_from, map_location="cpu", weights_only=False)
-        config = dataclasses.replace(ShapesModelConfig.from_dict(source["config"]), text_layers=args.text_layers)
+        config = dataclasses.replace(ShapesModelConfig.from_dict(source["config"]), text_layers=args.text_layers,
+                                     object_size=tuple(args.object_size))
     pipe = build_shapes_pipeline(config, seed=args.seed)
     if source is not None:
         new = warm_start(pipe, source["ema"])

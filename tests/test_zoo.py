@@ -59,6 +59,32 @@ def test_trace_renoises_a_shapes_clip(pipe):
     assert np.isfinite(maps.values).all()
 
 
+@pytest.mark.parametrize("text_layers", [0, 1])
+def test_only_the_text_encoder_can_bind_words_to_objects(text_layers):
+    """CogVideoX gives text tokens no position, so with a layer-free text encoder the DiT sees a
+    caption as a bag of words: exchanging the colours of two objects changes nothing."""
+    pipe = build_shapes_pipeline(ShapesModelConfig(num_layers=1, text_layers=text_layers))
+    torch.manual_seed(0)  # strong text pathways: T5 and the DiT initialise them with small weights
+    for module in [*pipe.text_encoder.modules(), pipe.transformer.patch_embed.text_proj]:
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.5)
+    captions = ["a red circle moving left and a blue square", "a blue circle moving left and a red square",
+                "a green triangle moving up and a white diamond"]
+    embeddings = pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=12,
+                                    device="cpu")[0]
+    noisy = torch.randn(1, 6, 4, 32, 32, generator=torch.Generator().manual_seed(0)).expand(3, -1, -1, -1, -1)
+    rotary = pipe._prepare_rotary_positional_embeddings(32, 32, 6, "cpu")
+    with torch.no_grad():
+        out = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeddings, timestep=torch.tensor([500] * 3),
+                               image_rotary_emb=rotary, return_dict=False)[0]
+    # output change from swapping the colours, relative to the change from another caption
+    swap_effect = float((out[0] - out[1]).abs().max()) / float((out[0] - out[2]).abs().max())
+    if text_layers == 0:
+        assert swap_effect < 1e-3  # float32 summation order only
+    else:
+        assert swap_effect > 5e-3
+
+
 def test_generation_runs(pipe):
     out = pipe("a red circle moving left", num_frames=6, height=32, width=32, num_inference_steps=2,
                output_type="np", generator=torch.Generator().manual_seed(0))

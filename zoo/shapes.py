@@ -9,12 +9,13 @@ Components, all real diffusers / transformers classes inside a real ``CogVideoXP
 * ``tokenizer``: :class:`ShapesTokenizer`, word-level, built in code from
   :data:`vidinterp.datasets.shapes.VOCABULARY`; an unknown word is a ``ValueError`` that lists
   the vocabulary;
-* ``text_encoder``: a ``T5EncoderModel`` with no layers (``text_layers = 0``), trained jointly:
-  one learned embedding per word and T5's final RMS norm. Without context mixing a concept
-  word encoded alone gets exactly the embedding it has inside a prompt; words meet their
-  neighbours inside the DiT's joint attention. (A one-layer encoder, tried first, contextualised
-  the words, and its model's own word keys did not tell two objects apart after 2,000 steps:
-  per-layer AUROC 0.49-0.53.);
+* ``text_encoder``: a ``T5EncoderModel``, trained jointly. With no layers (``text_layers = 0``,
+  the default) it is one learned embedding per word and T5's final RMS norm, so a concept word
+  encoded alone gets exactly the embedding it has inside a prompt. CogVideoX gives text tokens
+  no position (rotary covers video tokens only), so such a model sees a caption as a bag of
+  words: it cannot tell "a red circle and a blue square" from "a blue circle and a red square".
+  Only T5 layers (relative positions) can bind a word to its object (``text_layers >= 1``; a new
+  layer can be grown onto a trained layer-free model, see ``benchmarks/train_shapes.py``);
 * ``scheduler``: ``CogVideoXDDIMScheduler`` (v-prediction, zero-terminal-SNR, trailing), the
   schedule the model is trained with.
 """
