@@ -167,16 +167,14 @@ def sample_grid(pipe, path: Path, prompts: list[str], seed: int = 0, steps: int 
     return path
 
 
-SAMPLE_PROMPTS = [
-    "a red circle moving right",
-    "a blue square moving left",
-    "a yellow triangle moving down",
-    "a green diamond moving up",
-    "a white circle",
-    "a purple square moving right",
-    "a red triangle moving left and a blue circle",
-    "a yellow square and a green circle moving up",
-]
+def sample_prompts(shapes: tuple[str, ...]) -> list[str]:
+    """Prompts of the sample grid: each shape alone (moving, and one static), then two objects."""
+    colors, directions = ("red", "blue", "yellow", "green", "white", "purple"), ("right", "left", "down", "up")
+    prompts = [f"a {colors[i % 6]} {shape} moving {directions[i % 4]}" for i, shape in enumerate(shapes)]
+    prompts.append(f"a white {shapes[0]}")
+    prompts.append(f"a red {shapes[-1]} moving left and a blue {shapes[0]}")
+    prompts.append(f"a yellow {shapes[1 % len(shapes)]} and a green {shapes[-1]} moving up")
+    return prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="T5 encoder layers (new runs); 0: one learned embedding per word, no context mixing")
     parser.add_argument("--object-size", type=int, nargs=2, default=ShapesModelConfig.object_size,
                         metavar=("MIN", "MAX"), help="object bounding-box sizes of the clips, pixels (new runs)")
+    parser.add_argument("--shapes", nargs="+", default=list(ShapesModelConfig.shapes),
+                        help="object nouns of the clips (new runs)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="new runs: start from the EMA weights of this checkpoint (its architecture, with "
-                             "--text-layers and --object-size); text-encoder layers it lacks start as identity")
+                             "--text-layers, --object-size and --shapes); text-encoder layers it lacks start as identity")
     parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
     parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
     args = parser.parse_args(argv)
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
     checkpoint_path = args.out / "checkpoint.pt"
     config = ShapesModelConfig(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim,
-                               text_layers=args.text_layers, object_size=tuple(args.object_size))
+                               text_layers=args.text_layers, object_size=tuple(args.object_size),
+                               shapes=tuple(args.shapes))
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.is_file() else None
     if checkpoint is not None:  # a resumed run keeps the architecture it was started with
         config = ShapesModelConfig.from_dict(checkpoint["config"])
@@ -222,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     if checkpoint is None and args.init_from is not None:
         source = torch.load(args.init_from, map_location="cpu", weights_only=False)
         config = dataclasses.replace(ShapesModelConfig.from_dict(source["config"]), text_layers=args.text_layers,
-                                     object_size=tuple(args.object_size))
+                                     object_size=tuple(args.object_size), shapes=tuple(args.shapes),
+                                     vocabulary=None)
     pipe = build_shapes_pipeline(config, seed=args.seed)
     if source is not None:
         new = warm_start(pipe, source["ema"])
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             path = export_state(pipe, config, args.export, metadata={"step": step, "seed": args.seed})
             print(f"exported EMA weights of step {step} to {path} ({path.stat().st_size / 1e6:.2f} MB)")
         if args.samples:
-            path = sample_grid(pipe, args.out / f"samples_step{step}.png", SAMPLE_PROMPTS, seed=args.seed)
+            path = sample_grid(pipe, args.out / f"samples_step{step}.png", sample_prompts(config.shapes), seed=args.seed)
             print(f"wrote {path}")
         return 0
 

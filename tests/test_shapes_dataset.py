@@ -111,6 +111,27 @@ def test_objects_stay_in_frame(clips):
                 assert clip.moving[k].sum() == stop - start
 
 
+def test_silhouettes_match_their_definitions():
+    """Brute-force point-in-shape tests, one pixel centre at a time, against the renderer."""
+    size, centre = 14, (15.3, 16.6)
+    half = size / 2
+    inside = {
+        "circle": lambda dx, dy: dx * dx + dy * dy <= half * half,
+        "square": lambda dx, dy: abs(dx) <= half and abs(dy) <= half,
+        "ring": lambda dx, dy: (half - size / 4) ** 2 < dx * dx + dy * dy <= half * half,
+        "bar": lambda dx, dy: abs(dx) <= half and abs(dy) <= size / 6,
+        "column": lambda dx, dy: abs(dx) <= size / 6 and abs(dy) <= half,
+    }
+    for shape, test in inside.items():
+        mask = render_clip([ShapeObject(shape, "red", size, centre)], 1, 32, 32).masks[0, 0]
+        expected = np.array([[test(x - centre[0], y - centre[1]) for x in range(32)] for y in range(32)])
+        np.testing.assert_array_equal(mask, expected, err_msg=shape)
+    rows, cols = np.nonzero(render_clip([ShapeObject("bar", "red", size, centre)], 1, 32, 32).masks[0, 0])
+    assert np.ptp(cols) > 2 * np.ptp(rows)  # a bar is wide, a column tall
+    ring = render_clip([ShapeObject("ring", "red", size, (16.0, 16.0))], 1, 32, 32).masks[0, 0]
+    assert not ring[14:19, 14:19].any() and ring.sum() > 0  # a hole in the middle
+
+
 def test_clamp_at_border_stops_motion():
     obj = ShapeObject("square", "green", 8, (10.0, 16.0), direction="left", speed=2.0)
     clip = render_clip([obj], num_frames=8, height=32, width=32)

@@ -23,13 +23,13 @@ Components, all real diffusers / transformers classes inside a real ``CogVideoXP
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vidinterp.datasets.shapes import VOCABULARY, ShapesConfig
+from vidinterp.datasets.shapes import COLORS, DIRECTIONS, FUNCTION_WORDS, VOCABULARY, ShapesConfig
 from vidinterp.zoo.latent import LATENT_CHANNELS, ShapesLatentMapping
 
 __all__ = [
@@ -44,6 +44,13 @@ __all__ = [
 ]
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+DEFAULT_SHAPES = ("circle", "square", "triangle", "diamond")
+
+
+def model_vocabulary(shapes: tuple[str, ...]) -> tuple[str, ...]:
+    """Words of a shapes model trained on clips of ``shapes``: function words, colours, the
+    shapes, directions (the tokenizer's id order)."""
+    return FUNCTION_WORDS + tuple(COLORS) + tuple(shapes) + tuple(DIRECTIONS)
 
 
 class UnknownWordError(ValueError):
@@ -68,7 +75,15 @@ class ShapesModelConfig:
     max_text_length: int = 12
     scaling_factor: float = 2.0
     object_size: tuple[int, int] = (8, 12)  # inclusive bounding-box size range of the clips, pixels
-    vocabulary: tuple[str, ...] = field(default=VOCABULARY)
+    shapes: tuple[str, ...] = DEFAULT_SHAPES  # object nouns of the clips
+    vocabulary: tuple[str, ...] | None = None  # None: model_vocabulary(shapes)
+
+    def __post_init__(self) -> None:
+        if self.vocabulary is None:
+            object.__setattr__(self, "vocabulary", model_vocabulary(tuple(self.shapes)))
+        missing = [shape for shape in self.shapes if shape not in self.vocabulary]
+        if missing:
+            raise ValueError(f"ShapesModelConfig.shapes {missing} are not in its vocabulary {list(self.vocabulary)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -76,7 +91,7 @@ class ShapesModelConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ShapesModelConfig":
         values = dict(values)
-        for name in ("vocabulary", "object_size"):
+        for name in ("vocabulary", "object_size", "shapes"):
             if name in values:
                 values[name] = tuple(values[name])
         known = {name for name in cls.__dataclass_fields__}
@@ -96,6 +111,7 @@ def train_clip_config(model: ShapesModelConfig, num_objects: tuple[int, int] = (
         motion_probability=0.7,
         partial_motion_probability=0.3,
         size_range=tuple(model.object_size),
+        shapes=tuple(model.shapes),
         speed_range=(1.5, 3.0),
         min_visible_fraction=0.6,
     )

@@ -83,12 +83,16 @@ __all__ = [
     "write_dataset",
 ]
 
-ShapeName = Literal["circle", "square", "triangle", "diamond"]
+ShapeName = Literal["circle", "square", "triangle", "diamond", "ring", "bar", "column"]
 ColorName = Literal["red", "green", "blue", "yellow", "white", "purple"]
 Direction = Literal["left", "right", "up", "down"]
 
 SHAPES: tuple[str, ...] = get_args(ShapeName)
-"""Object nouns, in vocabulary order."""
+"""Object nouns, in vocabulary order. In a ``size`` x ``size`` bounding box: ``circle``,
+``square``, ``diamond``, ``triangle`` (apex up) fill it; ``ring`` is a circle with a hole (width
+``max(2, size / 4)`` pixels); ``bar`` is ``size`` wide and ``size / 3`` tall, ``column`` the
+transpose. The last three differ at a coarse scale (a hole, an orientation), which a model
+that sees 4x4-pixel patches can tell apart sooner than edge curvature."""
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -517,6 +521,14 @@ def _silhouettes(shape: str, size: int, centres: np.ndarray, height: int, width:
         return np.abs(dx) + np.abs(dy) <= half
     if shape == "triangle":  # apex up, base at the bottom of the bounding box
         return (np.abs(dy) <= half) & (np.abs(dx) <= (dy + half) / 2.0)
+    if shape == "ring":
+        inner = max(half - max(2.0, size / 4.0), 0.0)
+        radius2 = dx * dx + dy * dy
+        return (radius2 <= half * half) & (radius2 > inner * inner)
+    if shape == "bar":
+        return (np.abs(dx) <= half) & (np.abs(dy) <= size / 6.0)
+    if shape == "column":
+        return (np.abs(dx) <= size / 6.0) & (np.abs(dy) <= half)
     raise ValueError(f"unknown shape {shape!r}; expected one of {list(SHAPES)}")
 
 
