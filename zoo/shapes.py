@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from vidinterp.datasets.shapes import COLORS, DIRECTIONS, FUNCTION_WORDS, VOCABULARY, ShapesConfig
+from vidinterp.datasets.shapes import CLASSIC_SHAPES, COLORS, DIRECTIONS, FUNCTION_WORDS, VOCABULARY, ShapesConfig
 from vidinterp.zoo.latent import LATENT_CHANNELS, ShapesLatentMapping
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
-DEFAULT_SHAPES = ("circle", "square", "triangle", "diamond")
+DEFAULT_SHAPES = CLASSIC_SHAPES
 
 
 def model_vocabulary(shapes: tuple[str, ...]) -> tuple[str, ...]:

@@ -54,6 +54,7 @@ import av
 import numpy as np
 
 __all__ = [
+    "CLASSIC_SHAPES",
     "COLORS",
     "DIRECTIONS",
     "FUNCTION_WORDS",
@@ -93,6 +94,9 @@ SHAPES: tuple[str, ...] = get_args(ShapeName)
 ``max(2, size / 4)`` pixels); ``bar`` is ``size`` wide and ``size / 3`` tall, ``column`` the
 transpose. The last three differ at a coarse scale (a hole, an orientation), which a model
 that sees 4x4-pixel patches can tell apart sooner than edge curvature."""
+
+CLASSIC_SHAPES: tuple[str, ...] = SHAPES[:4]
+"""The filled shapes (circle, square, triangle, diamond): what :class:`ShapesConfig` samples by default."""
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -392,7 +396,8 @@ class ShapesConfig:
         size_range: inclusive ``(min, max)`` bounding-box size, integer pixels (min >= 4).
         speed_range: ``(min, max)`` speed of moving objects, pixels per frame. The sampled speed
             is lowered when needed for the whole path to fit in the frame, but never below min.
-        shapes: object nouns to sample from (subset of :data:`SHAPES`).
+        shapes: object nouns to sample from (subset of :data:`SHAPES`; default
+            :data:`CLASSIC_SHAPES`).
         colors: colour words to sample from (subset of :data:`COLORS`).
         background_color: RGB of the plain background (used unless a background array is given
             to :func:`generate_clip`); must differ from every colour in ``colors``.
@@ -409,7 +414,7 @@ class ShapesConfig:
     partial_motion_probability: float = 0.25
     size_range: tuple[int, int] = (10, 20)
     speed_range: tuple[float, float] = (1.0, 3.0)
-    shapes: tuple[str, ...] = SHAPES
+    shapes: tuple[str, ...] = CLASSIC_SHAPES
     colors: tuple[str, ...] = tuple(COLORS)
     background_color: tuple[int, int, int] = (0, 0, 0)
     min_visible_fraction: float = 0.5
