@@ -45,6 +45,7 @@ from vidinterp.zoo.shapes import (
     load_state,
     model_state,
     train_clip_config,
+    warm_start,
 )
 
 VALIDATION_SEED = 10_000_019  # held-out clip seeds use a different root than training
@@ -80,34 +81,6 @@ def v_loss(pipe, latents, captions, config, generator, rotary, caption_dropout: 
     prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=encode_text(pipe, captions, config),
                                   timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
     return torch.nn.functional.mse_loss(prediction.float(), target.float())
-
-
-def warm_start(pipe, source: dict[str, torch.Tensor]) -> list[str]:
-    """Load ``source`` weights into ``pipe``; text-encoder blocks the source lacks start as identity.
-
-    A new T5 block is residual, so zeroing its attention output (``SelfAttention.o``) and
-    feed-forward output (``DenseReluDense.wo``) projections makes the pipeline compute exactly what
-    the source did; the block then learns to mix context (word order) into the word embeddings.
-    Returns the names of the weights that were not in ``source``.
-    """
-    target = model_state(pipe)
-    new = sorted(set(target) - set(source))
-    stray = [k for k in new if not k.startswith("text_encoder.encoder.block.")]
-    if stray:
-        raise ValueError(f"warm start: the source lacks weights other than new text-encoder blocks: {stray}")
-    merged = {}
-    for key, value in target.items():
-        if key in source:
-            if source[key].shape != value.shape:
-                raise ValueError(f"warm start: {key} has shape {tuple(source[key].shape)} in the source, "
-                                 f"expected {tuple(value.shape)}")
-            merged[key] = source[key]
-        elif key.endswith(("SelfAttention.o.weight", "DenseReluDense.wo.weight")):
-            merged[key] = torch.zeros_like(value)
-        else:
-            merged[key] = value
-    load_state(pipe, merged)
-    return new
 
 
 def trainable(pipe) -> list[torch.nn.Parameter]:

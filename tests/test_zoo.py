@@ -11,7 +11,7 @@ import vidinterp
 from vidinterp.datasets.shapes import generate_clip, load_clip
 from vidinterp.zoo import DEMO_SEED, UnknownWordError, available, build_shapes_pipeline, demo_clip, load, weights_path
 from vidinterp.zoo.latent import ShapesLatentMapping
-from vidinterp.zoo.shapes import ShapesModelConfig, export_state, model_state, train_clip_config
+from vidinterp.zoo.shapes import ShapesModelConfig, export_state, model_state, train_clip_config, warm_start
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +85,25 @@ def test_only_the_text_encoder_can_bind_words_to_objects(text_layers):
         assert swap_effect < 1e-3  # float32 summation order only
     else:
         assert swap_effect > 5e-3
+
+
+def test_warm_start_grows_text_layers_as_identities():
+    source = build_shapes_pipeline(ShapesModelConfig(num_layers=1, text_layers=0), seed=3)
+    for weight in source.text_encoder.parameters():  # a "trained" source, unlike a fresh init
+        torch.nn.init.normal_(weight, std=1.0, generator=torch.Generator().manual_seed(1))
+    grown = build_shapes_pipeline(ShapesModelConfig(num_layers=1, text_layers=2), seed=4)
+    new = warm_start(grown, model_state(source))
+    assert new and all(name.startswith("text_encoder.encoder.block.") for name in new)
+    captions = ["a red circle moving left and a blue square", "a green diamond"]
+    embed = [pipe.encode_prompt(captions, do_classifier_free_guidance=False, max_sequence_length=12, device="cpu")[0]
+             for pipe in (source, grown)]
+    torch.testing.assert_close(embed[1], embed[0], atol=0, rtol=0)
+    for name, value in model_state(source).items():
+        torch.testing.assert_close(model_state(grown)[name], value, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="no place for the source weights"):
+        warm_start(build_shapes_pipeline(ShapesModelConfig(num_layers=1, text_layers=0)), model_state(grown))
+    with pytest.raises(ValueError, match="shape"):
+        warm_start(build_shapes_pipeline(ShapesModelConfig(num_layers=1, text_dim=32)), model_state(source))
 
 
 def test_generation_runs(pipe):

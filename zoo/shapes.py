@@ -15,7 +15,7 @@ Components, all real diffusers / transformers classes inside a real ``CogVideoXP
   no position (rotary covers video tokens only), so such a model sees a caption as a bag of
   words: it cannot tell "a red circle and a blue square" from "a blue circle and a red square".
   Only T5 layers (relative positions) can bind a word to its object (``text_layers >= 1``; a new
-  layer can be grown onto a trained layer-free model, see ``benchmarks/train_shapes.py``);
+  layer can be grown onto a trained layer-free model with :func:`warm_start`);
 * ``scheduler``: ``CogVideoXDDIMScheduler`` (v-prediction, zero-terminal-SNR, trailing), the
   schedule the model is trained with.
 """
@@ -41,6 +41,7 @@ __all__ = [
     "train_clip_config",
     "load_state",
     "export_state",
+    "warm_start",
 ]
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
@@ -252,6 +253,38 @@ def load_state(pipe, state: dict[str, torch.Tensor]) -> None:
     missing = set(pipe.text_encoder.state_dict()) - set(text)
     if missing:
         raise ValueError(f"text encoder weights missing: {sorted(missing)}")
+
+
+def warm_start(pipe, source: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``source`` weights into ``pipe``; text-encoder blocks the source lacks start as identity.
+
+    A new T5 block is residual, so zeroing its attention output (``SelfAttention.o``) and
+    feed-forward output (``DenseReluDense.wo``) projections makes the pipeline compute exactly what
+    the source did; the block then learns to mix context (word order) into the word embeddings.
+    Returns the names of the weights that were not in ``source``.
+    """
+    target = model_state(pipe)
+    dropped = sorted(set(source) - set(target))
+    if dropped:
+        raise ValueError(f"warm start: the new model has no place for the source weights {dropped} "
+                         f"(fewer layers than the source?)")
+    new = sorted(set(target) - set(source))
+    stray = [k for k in new if not k.startswith("text_encoder.encoder.block.")]
+    if stray:
+        raise ValueError(f"warm start: the source lacks weights other than new text-encoder blocks: {stray}")
+    merged = {}
+    for key, value in target.items():
+        if key in source:
+            if source[key].shape != value.shape:
+                raise ValueError(f"warm start: {key} has shape {tuple(source[key].shape)} in the source, "
+                                 f"expected {tuple(value.shape)}")
+            merged[key] = source[key]
+        elif key.endswith(("SelfAttention.o.weight", "DenseReluDense.wo.weight")):
+            merged[key] = torch.zeros_like(value)
+        else:
+            merged[key] = value
+    load_state(pipe, merged)
+    return new
 
 
 def export_state(pipe, config: ShapesModelConfig, directory: str | Path, name: str = "shapes",
