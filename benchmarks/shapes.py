@@ -65,7 +65,9 @@ from vidinterp.datasets.shapes import (
 )
 from vidinterp.metrics import auroc, binarize_at_mean, foreground_background_miou, iou, upsample_nearest
 from vidinterp.selectors import AllLayers, LayerIndices
-from vidinterp.zoo.shapes import ShapesModelConfig, build_shapes_pipeline, load_state, train_clip_config
+from vidinterp.zoo.shapes import (
+    ShapesModelConfig, build_shapes_pipeline, clip_latents, load_state, train_clip_config, velocity_loss,
+)
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -246,24 +248,17 @@ def binding_loss_ratio(pipe, clips: list[ShapesClip], attribute: str,
     if not pairs:
         return float("nan"), 0
     config = pipe.shapes_config
-    pixels = torch.from_numpy(np.stack([clip.frames for clip, _ in pairs])).float() / 127.5 - 1  # [B, F, H, W, 3]
-    latents = pipe.vae.encode(pixels.permute(0, 4, 1, 2, 3)).latent_dist.sample() * pipe.vae.config.scaling_factor
-    latents = latents.permute(0, 2, 1, 3, 4)  # [B, F, C, H, W]
+    latents = clip_latents(pipe, [clip for clip, _ in pairs])
     rotary = pipe._prepare_rotary_positional_embeddings(config.height, config.width, config.num_frames, "cpu")
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    true, swapped = ([pipe.encode_prompt(captions, do_classifier_free_guidance=False,
+                                         max_sequence_length=config.max_text_length, device="cpu")[0]
+                      for captions in ([clip.caption for clip, _ in pairs], [caption for _, caption in pairs])])
     ratios = []
     for t in timesteps:
         step = torch.full((len(pairs),), t)
-        noisy = pipe.scheduler.add_noise(latents, noise, step)
-        target = pipe.scheduler.get_velocity(latents, noise, step)
-        losses = []
-        for captions in ([clip.caption for clip, _ in pairs], [caption for _, caption in pairs]):
-            embeddings = pipe.encode_prompt(captions, do_classifier_free_guidance=False,
-                                            max_sequence_length=config.max_text_length, device="cpu")[0]
-            prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeddings, timestep=step,
-                                          image_rotary_emb=rotary, return_dict=False)[0]
-            losses.append(float(torch.nn.functional.mse_loss(prediction.float(), target.float())))
-        ratios.append(losses[1] / losses[0])
+        ratios.append(float(velocity_loss(pipe, latents, noise, step, swapped, rotary))
+                      / float(velocity_loss(pipe, latents, noise, step, true, rotary)))
     return float(np.mean(ratios)), len(pairs)
 
 

@@ -44,7 +44,9 @@ from vidinterp.zoo.shapes import (
     export_state,
     load_state,
     model_state,
+    clip_latents,
     train_clip_config,
+    velocity_loss,
     warm_start,
 )
 
@@ -56,10 +58,7 @@ def make_batch(pipe, config: ShapesModelConfig, root: int, step: int, batch: int
     singles = int(round(batch * single_fraction))
     one, two = train_clip_config(config, (1, 1)), train_clip_config(config, (2, 2))
     clips = [generate_clip(one if i < singles else two, clip_seed(root, step, i)) for i in range(batch)]
-    pixels = torch.from_numpy(np.stack([c.frames for c in clips])).float() / 127.5 - 1  # [B, F, H, W, 3]
-    pixels = pixels.permute(0, 4, 1, 2, 3)  # [B, 3, F, H, W]
-    latents = pipe.vae.latents(pixels) * pipe.vae.config.scaling_factor
-    return latents.permute(0, 2, 1, 3, 4).contiguous(), [c.caption for c in clips]
+    return clip_latents(pipe, clips), [c.caption for c in clips]
 
 
 def encode_text(pipe, captions: list[str], config: ShapesModelConfig) -> torch.Tensor:
@@ -76,11 +75,7 @@ def v_loss(pipe, latents, captions, config, generator, rotary, caption_dropout: 
     noise = torch.randn(latents.shape, generator=generator)
     drop = torch.rand(batch, generator=generator) < caption_dropout
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = scheduler.get_velocity(latents, noise, timesteps)
-    prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=encode_text(pipe, captions, config),
-                                  timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
-    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+    return velocity_loss(pipe, latents, noise, timesteps, encode_text(pipe, captions, config), rotary)
 
 
 def trainable(pipe) -> list[torch.nn.Parameter]:
@@ -98,15 +93,9 @@ def learning_rate(step: int, args) -> float:
 def validation_loss(pipe, config, rotary, clips: int = 32) -> float:
     """Mean v-loss on fixed held-out clips at a fixed spread of timesteps (no caption dropout)."""
     latents, captions = make_batch(pipe, config, VALIDATION_SEED, 0, clips, 0.5)
-    generator = torch.Generator().manual_seed(0)
-    scheduler = pipe.scheduler
     timesteps = torch.linspace(20, 980, clips).long()
-    noise = torch.randn(latents.shape, generator=generator)
-    noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = scheduler.get_velocity(latents, noise, timesteps)
-    prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=encode_text(pipe, captions, config),
-                                  timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
-    return float(torch.nn.functional.mse_loss(prediction, target))
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    return float(velocity_loss(pipe, latents, noise, timesteps, encode_text(pipe, captions, config), rotary))
 
 
 def swap_in(pipe, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

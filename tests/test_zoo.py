@@ -11,7 +11,9 @@ import vidinterp
 from vidinterp.datasets.shapes import generate_clip, load_clip
 from vidinterp.zoo import DEMO_SEED, UnknownWordError, available, build_shapes_pipeline, demo_clip, load, weights_path
 from vidinterp.zoo.latent import ShapesLatentMapping
-from vidinterp.zoo.shapes import ShapesModelConfig, export_state, model_state, train_clip_config, warm_start
+from vidinterp.zoo.shapes import (
+    ShapesModelConfig, clip_latents, export_state, model_state, train_clip_config, velocity_loss, warm_start,
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,26 @@ def test_warm_start_grows_text_layers_as_identities():
         warm_start(build_shapes_pipeline(ShapesModelConfig(num_layers=1, text_layers=0)), model_state(grown))
     with pytest.raises(ValueError, match="shape"):
         warm_start(build_shapes_pipeline(ShapesModelConfig(num_layers=1, text_dim=32)), model_state(source))
+
+
+def test_velocity_loss_is_the_v_prediction_mse(pipe):
+    clips = [generate_clip(train_clip_config(ShapesModelConfig()), seed=s) for s in (1, 2)]
+    latents = clip_latents(pipe, clips)
+    assert latents.shape == (2, 6, 4, 32, 32)
+    torch.testing.assert_close(latents[0, :, :3], torch.from_numpy(clips[0].frames).permute(0, 3, 1, 2).float() / 255 * 2)
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
+    timesteps = torch.tensor([100, 700])
+    embeds = pipe.encode_prompt([c.caption for c in clips], do_classifier_free_guidance=False, max_sequence_length=12,
+                                device="cpu")[0]
+    rotary = pipe._prepare_rotary_positional_embeddings(32, 32, 6, "cpu")
+    alphas_cumprod = pipe.scheduler.alphas_cumprod[timesteps].float()
+    alpha, sigma = alphas_cumprod.sqrt().view(2, 1, 1, 1, 1), (1 - alphas_cumprod).sqrt().view(2, 1, 1, 1, 1)
+    with torch.no_grad():
+        loss = velocity_loss(pipe, latents, noise, timesteps, embeds, rotary)
+        prediction = pipe.transformer(hidden_states=alpha * latents + sigma * noise, encoder_hidden_states=embeds,
+                                      timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
+    expected = ((prediction - (alpha * noise - sigma * latents)) ** 2).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_generation_runs(pipe):

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vidinterp.datasets.shapes import CLASSIC_SHAPES, COLORS, DIRECTIONS, FUNCTION_WORDS, VOCABULARY, ShapesConfig
@@ -42,10 +43,11 @@ __all__ = [
     "load_state",
     "export_state",
     "warm_start",
+    "clip_latents",
+    "velocity_loss",
 ]
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
-DEFAULT_SHAPES = CLASSIC_SHAPES
 
 
 def model_vocabulary(shapes: tuple[str, ...]) -> tuple[str, ...]:
@@ -76,7 +78,7 @@ class ShapesModelConfig:
     max_text_length: int = 12
     scaling_factor: float = 2.0
     object_size: tuple[int, int] = (8, 12)  # inclusive bounding-box size range of the clips, pixels
-    shapes: tuple[str, ...] = DEFAULT_SHAPES  # object nouns of the clips
+    shapes: tuple[str, ...] = CLASSIC_SHAPES  # object nouns of the clips
     vocabulary: tuple[str, ...] | None = None  # None: model_vocabulary(shapes)
 
     def __post_init__(self) -> None:
@@ -253,6 +255,26 @@ def load_state(pipe, state: dict[str, torch.Tensor]) -> None:
     missing = set(pipe.text_encoder.state_dict()) - set(text)
     if missing:
         raise ValueError(f"text encoder weights missing: {sorted(missing)}")
+
+
+def clip_latents(pipe, clips) -> torch.Tensor:
+    """Scaled latents ``[B, F, C, H, W]`` of shapes clips (objects with ``frames``
+    ``uint8 [F, H, W, 3]``), in the layout the pipeline's transformer takes."""
+    pixels = torch.from_numpy(np.stack([clip.frames for clip in clips])).float() / 127.5 - 1  # [B, F, H, W, 3]
+    latents = pipe.vae.latents(pixels.permute(0, 4, 1, 2, 3)) * pipe.vae.config.scaling_factor  # [B, C, F, H, W]
+    return latents.permute(0, 2, 1, 3, 4).contiguous()
+
+
+def velocity_loss(pipe, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                  prompt_embeds: torch.Tensor, rotary) -> torch.Tensor:
+    """The training objective: mean squared error of the transformer's v-prediction for
+    ``latents`` ``[B, F, C, H, W]`` noised with ``noise`` to ``timesteps`` ``[B]`` on the
+    pipeline's schedule (float32 scalar; differentiable)."""
+    noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
+    target = pipe.scheduler.get_velocity(latents, noise, timesteps)
+    prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=prompt_embeds, timestep=timesteps,
+                                  image_rotary_emb=rotary, return_dict=False)[0]
+    return torch.nn.functional.mse_loss(prediction.float(), target.float())
 
 
 def warm_start(pipe, source: dict[str, torch.Tensor]) -> list[str]:
