@@ -31,6 +31,8 @@ frame; a map is compared with pixel masks by nearest upsampling of its token cel
   of a two-object caption, over the loss with the true caption, same clips and noise. Exactly 1
   when the model sees the caption as a bag of words: CogVideoX gives text tokens no position,
   so only the text encoder can tell which word belongs to which object.
+* **word use**: the same ratio on one-object clips with the noun, colour or direction word
+  replaced by another: 1 when the model's prediction ignores that kind of word.
 * **CHI vs motion IoU**: per-head GramCol maps (each single (layer, head)); Pearson correlation
   between a head's mean ``separation_chi`` and its mean motion IoU, over heads.
 
@@ -236,30 +238,54 @@ def swapped_caption(clip: ShapesClip, attribute: str) -> str | None:
                          dataclasses.replace(second, **{attribute: getattr(first, attribute)})])
 
 
+def replaced_caption(clip: ShapesClip, attribute: str, words: tuple[str, ...]) -> str | None:
+    """Caption of a one-object clip with its ``attribute`` (``"shape"``, ``"color"`` or
+    ``"direction"``) replaced by the next word of ``words``; ``None`` for two-object clips and,
+    for ``"direction"``, static objects."""
+    if len(clip.objects) != 1 or getattr(clip.objects[0], attribute) not in words:
+        return None
+    obj = clip.objects[0]
+    other = words[(words.index(getattr(obj, attribute)) + 1) % len(words)]
+    return make_caption([dataclasses.replace(obj, **{attribute: other})])
+
+
 @torch.no_grad()
-def binding_loss_ratio(pipe, clips: list[ShapesClip], attribute: str,
+def caption_loss_ratio(pipe, pairs: list[tuple[ShapesClip, str]],
                        timesteps: tuple[int, ...] = (300, 600, 900)) -> tuple[float, int]:
-    """Does the model bind words to objects? v-loss with ``attribute`` swapped between the two
-    objects in the caption, over v-loss with the true caption (same noise), averaged over
-    ``timesteps``; returns ``(ratio, clips used)``. A text conditioning that is a bag of words
-    gives exactly 1; a model that binds, more than 1."""
-    pairs = [(clip, swapped_caption(clip, attribute)) for clip in clips if len(clip.objects) == 2]
-    pairs = [(clip, caption) for clip, caption in pairs if caption is not None]
+    """v-loss of each clip with the paired (altered) caption over its v-loss with its true
+    caption, same noise, averaged over ``timesteps``; returns ``(ratio, clips used)``. 1 means
+    the model's prediction ignores what the alteration changed."""
     if not pairs:
         return float("nan"), 0
     config = pipe.shapes_config
     latents = clip_latents(pipe, [clip for clip, _ in pairs])
     rotary = pipe._prepare_rotary_positional_embeddings(config.height, config.width, config.num_frames, "cpu")
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
-    true, swapped = ([pipe.encode_prompt(captions, do_classifier_free_guidance=False,
+    true, altered = ([pipe.encode_prompt(captions, do_classifier_free_guidance=False,
                                          max_sequence_length=config.max_text_length, device="cpu")[0]
                       for captions in ([clip.caption for clip, _ in pairs], [caption for _, caption in pairs])])
     ratios = []
     for t in timesteps:
         step = torch.full((len(pairs),), t)
-        ratios.append(float(velocity_loss(pipe, latents, noise, step, swapped, rotary))
+        ratios.append(float(velocity_loss(pipe, latents, noise, step, altered, rotary))
                       / float(velocity_loss(pipe, latents, noise, step, true, rotary)))
     return float(np.mean(ratios)), len(pairs)
+
+
+def binding_loss_ratio(pipe, clips: list[ShapesClip], attribute: str) -> tuple[float, int]:
+    """Does the model bind words to objects? :func:`caption_loss_ratio` with ``attribute``
+    swapped between the two objects of two-object captions. A text conditioning that is a bag
+    of words gives exactly 1; a model that binds, more than 1."""
+    pairs = [(clip, swapped_caption(clip, attribute)) for clip in clips if len(clip.objects) == 2]
+    return caption_loss_ratio(pipe, [(clip, caption) for clip, caption in pairs if caption is not None])
+
+
+def word_use_ratio(pipe, clips: list[ShapesClip], attribute: str) -> tuple[float, int]:
+    """Does the model use a kind of word at all? :func:`caption_loss_ratio` with a one-object
+    clip's noun, colour or direction replaced by another (1 = the word is ignored)."""
+    words = {"shape": tuple(pipe.shapes_config.shapes), "color": tuple(COLORS), "direction": tuple(DIRECTIONS)}[attribute]
+    pairs = [(clip, replaced_caption(clip, attribute, words)) for clip in clips]
+    return caption_loss_ratio(pipe, [(clip, caption) for clip, caption in pairs if caption is not None])
 
 
 def format_table(rows: dict[str, dict[str, float]], counts: dict[str, int], title: str) -> str:
@@ -353,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{index + 1}/{len(clips)} clips, {time.time() - started:.0f} s", flush=True)
 
     binding = {attribute: binding_loss_ratio(pipe, clips, attribute) for attribute in ("color", "shape")}
+    word_use = {attribute: word_use_ratio(pipe, clips, attribute) for attribute in ("shape", "color", "direction")}
     rows = {name: {m: float(np.mean(v[m])) if v[m] else float("nan") for m in ALL_METRICS} for name, v in samples.items()}
     counts = {m: len(samples["cross_attention"][m]) for m in ALL_METRICS}
     heads_sorted = sorted(head_chi)
@@ -396,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         "Binding (v-loss with the caption's two colours / two nouns swapped, over the true caption's; "
         "t = 300, 600, 900; 1.000 = the text conditioning is a bag of words): "
         + "; ".join(f"{attribute} {ratio:.4f} ({n} clips)" for attribute, (ratio, n) in binding.items()),
+        "Word use (one-object clips: v-loss with the noun / colour / direction replaced by another, over the "
+        "true caption's; t = 300, 600, 900; 1.000 = the word is ignored): "
+        + "; ".join(f"{attribute} {ratio:.4f} ({n} clips)" for attribute, (ratio, n) in word_use.items()),
         f"Per-head Pearson correlation of separation CHI with motion IoU ({int(valid.sum())} heads): {correlation:.3f}",
         f"Best method AUROC (2 obj): {best_auroc:.3f} (shipping bar 0.7); random-map object mIoU "
         f"{rows['random maps (baseline)']['object_miou']:.3f}",
@@ -416,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "pointing_2obj_chance": float(np.mean(point2_chance)) if point2_chance else None,
         "per_head_auroc_2obj": head_auroc_means,
         "binding_loss_ratio": {attribute: {"ratio": ratio, "clips": n} for attribute, (ratio, n) in binding.items()},
+        "word_use_loss_ratio": {attribute: {"ratio": ratio, "clips": n} for attribute, (ratio, n) in word_use.items()},
         "per_layer": {name.removeprefix("layer_"): {m: float(np.mean(v[m])) for m in v} for name, v in layer_samples.items()},
         "args": {k: str(v) for k, v in vars(args).items()},
     }, indent=2))

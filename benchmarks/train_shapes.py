@@ -166,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
                         metavar=("MIN", "MAX"), help="object bounding-box sizes of the clips, pixels (new runs)")
     parser.add_argument("--shapes", nargs="+", default=list(ShapesModelConfig.shapes),
                         help="object nouns of the clips (new runs)")
+    parser.add_argument("--single-object-spread", type=float, default=ShapesModelConfig.single_object_spread,
+                        help="position spread of one-object clips (new runs; 1: anywhere, 0: path centred)")
     parser.add_argument("--init-from", type=Path, default=None,
                         help="new runs: start from the EMA weights of this checkpoint (its architecture, with "
-                             "--text-layers, --object-size and --shapes); text-encoder layers it lacks start as identity")
+                             "--text-layers, --object-size, --shapes and --single-object-spread); text-encoder layers it lacks start as identity")
     parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
     parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
     args = parser.parse_args(argv)
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_path = args.out / "checkpoint.pt"
     config = ShapesModelConfig(num_layers=args.layers, num_heads=args.heads, head_dim=args.head_dim,
                                text_layers=args.text_layers, object_size=tuple(args.object_size),
-                               shapes=tuple(args.shapes))
+                               shapes=tuple(args.shapes), single_object_spread=args.single_object_spread)
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False) if checkpoint_path.is_file() else None
     if checkpoint is not None:  # a resumed run keeps the architecture it was started with
         config = ShapesModelConfig.from_dict(checkpoint["config"])
@@ -186,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         source = torch.load(args.init_from, map_location="cpu", weights_only=False)
         config = dataclasses.replace(ShapesModelConfig.from_dict(source["config"]), text_layers=args.text_layers,
                                      object_size=tuple(args.object_size), shapes=tuple(args.shapes),
-                                     vocabulary=None)
+                                     single_object_spread=args.single_object_spread, vocabulary=None)
     pipe = build_shapes_pipeline(config, seed=args.seed)
     if source is not None:
         new = warm_start(pipe, source["ema"])

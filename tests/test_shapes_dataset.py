@@ -111,6 +111,30 @@ def test_objects_stay_in_frame(clips):
                 assert clip.moving[k].sum() == stop - start
 
 
+def _path_midpoint(obj: ShapeObject, num_frames: int) -> np.ndarray:
+    """Centre of an object's path: its start plus half its travel (``speed`` px per moving frame)."""
+    start = np.asarray(obj.position)
+    if obj.direction is None:
+        return start
+    first, stop = obj.motion_frames or (0, num_frames)
+    return start + np.asarray(DIRECTIONS[obj.direction]) * obj.speed * (stop - first) / 2
+
+
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_position_spread_keeps_paths_near_the_centre(spread):
+    config = ShapesConfig(num_objects=(1, 1), motion_probability=0.7, partial_motion_probability=0.5,
+                          position_spread=spread)
+    centre = np.array([(config.width - 1) / 2, (config.height - 1) / 2])
+    for seed in range(40):
+        obj = generate_clip(config, seed).objects[0]
+        half_room = (config.width - obj.size) / 2  # centre range of a static object is centre +- this
+        offset = np.abs(_path_midpoint(obj, config.num_frames) - centre)
+        assert (offset <= spread * half_room + 1e-6).all(), (seed, obj, offset)
+    anywhere = [generate_clip(ShapesConfig(num_objects=(1, 1)), seed).objects[0] for seed in range(40)]
+    assert max(np.abs(_path_midpoint(o, config.num_frames) - centre).max() / ((config.width - o.size) / 2)
+               for o in anywhere) > 0.6  # the default really spreads wider
+
+
 def test_silhouettes_match_their_definitions():
     """Brute-force point-in-shape tests, one pixel centre at a time, against the renderer."""
     size, centre = 14, (15.3, 16.6)
@@ -209,6 +233,7 @@ def test_caption_vocabulary_error_lists_vocabulary():
         ({"speed_range": (5.0, 6.0)}, "must fit in the frame"),
         ({"colors": ("red", "pink")}, "'yellow'"),
         ({"background_color": (220, 30, 30)}, r"\['red'\]"),
+        ({"position_spread": -0.1}, r"position_spread must be in \[0, 1\]"),
     ],
 )
 def test_config_validation_messages(kwargs, message):

@@ -79,6 +79,7 @@ class ShapesModelConfig:
     scaling_factor: float = 2.0
     object_size: tuple[int, int] = (8, 12)  # inclusive bounding-box size range of the clips, pixels
     shapes: tuple[str, ...] = CLASSIC_SHAPES  # object nouns of the clips
+    single_object_spread: float = 1.0  # ShapesConfig.position_spread of one-object clips (1: anywhere)
     vocabulary: tuple[str, ...] | None = None  # None: model_vocabulary(shapes)
 
     def __post_init__(self) -> None:
@@ -105,7 +106,10 @@ class ShapesModelConfig:
 
 
 def train_clip_config(model: ShapesModelConfig, num_objects: tuple[int, int] = (1, 2)) -> ShapesConfig:
-    """The clip generator settings the model is trained and benchmarked on."""
+    """The clip generator settings the model is trained and benchmarked on. One-object clips
+    (``num_objects == (1, 1)``) start within ``model.single_object_spread`` of the centre, so
+    their captions pin down the silhouette and the path; clips that may hold two objects start
+    anywhere."""
     return ShapesConfig(
         num_frames=model.num_frames,
         height=model.height,
@@ -117,6 +121,7 @@ def train_clip_config(model: ShapesModelConfig, num_objects: tuple[int, int] = (
         shapes=tuple(model.shapes),
         speed_range=(1.5, 3.0),
         min_visible_fraction=0.6,
+        position_spread=model.single_object_spread if tuple(num_objects) == (1, 1) else 1.0,
     )
 
 

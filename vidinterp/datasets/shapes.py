@@ -403,6 +403,11 @@ class ShapesConfig:
             to :func:`generate_clip`); must differ from every colour in ``colors``.
         min_visible_fraction: every object must keep at least this fraction of its pixels
             visible (not occluded) at every frame (0..1); layouts are resampled until it holds.
+        position_spread: share (0..1) of the allowed range, centred on its middle, from which an
+            object's start is drawn, per axis. 1 (default): anywhere its whole path fits; 0: the
+            path is centred in the frame, so a static object sits in the middle and a moving one
+            passes through it. Below 1 the caption says more about the pixels (a noun fixes the
+            silhouette, a direction word the path), which is what makes a model learn those words.
         seed: default seed of :func:`generate_clip` / :func:`generate_dataset`.
     """
 
@@ -418,6 +423,7 @@ class ShapesConfig:
     colors: tuple[str, ...] = tuple(COLORS)
     background_color: tuple[int, int, int] = (0, 0, 0)
     min_visible_fraction: float = 0.5
+    position_spread: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -434,7 +440,7 @@ class ShapesConfig:
             raise ValueError(
                 f"ShapesConfig.num_objects must be (min, max) with 1 <= min <= max, got {self.num_objects!r}"
             )
-        for name in ("motion_probability", "partial_motion_probability", "min_visible_fraction"):
+        for name in ("motion_probability", "partial_motion_probability", "min_visible_fraction", "position_spread"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"ShapesConfig.{name} must be in [0, 1], got {value!r}")
@@ -633,12 +639,21 @@ def _as_xy(values: np.ndarray) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
+def _central(low: np.ndarray, high: np.ndarray, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """The central ``spread`` share of the interval ``[low, high]`` (per axis); exactly
+    ``(low, high)`` for a spread of 1, so clips drawn with the default are unchanged."""
+    if spread == 1.0:
+        return low, high
+    middle, half = (np.asarray(low) + high) / 2, spread * (np.asarray(high) - low) / 2
+    return middle - half, middle + half
+
+
 def _sample_object(config: ShapesConfig, rng: np.random.Generator, shape: str, color: str) -> ShapeObject:
     """Random size, start, motion of one object; a moving object's whole path fits in the frame."""
     size = int(rng.integers(config.size_range[0], config.size_range[1] + 1))
     low, high = _position_bounds(size, config.height, config.width)
     if rng.random() >= config.motion_probability:
-        return ShapeObject(shape, color, size, _as_xy(rng.uniform(low, high)))
+        return ShapeObject(shape, color, size, _as_xy(rng.uniform(*_central(low, high, config.position_spread))))
     direction = str(rng.choice(list(DIRECTIONS)))
     f = config.num_frames
     if rng.random() < config.partial_motion_probability:
@@ -655,7 +670,7 @@ def _sample_object(config: ShapesConfig, rng: np.random.Generator, shape: str, c
     # start anywhere such that start + travel also lies within [low, high]
     start_low = np.maximum(low, low - travel)
     start_high = np.minimum(high, high - travel)
-    position = _as_xy(rng.uniform(start_low, start_high))
+    position = _as_xy(rng.uniform(*_central(start_low, start_high, config.position_spread)))
     return ShapeObject(shape, color, size, position, direction, speed, motion_frames)
 
 
