@@ -406,8 +406,8 @@ class ShapesConfig:
         position_spread: share (0..1) of the allowed range, centred on its middle, from which an
             object's start is drawn, per axis. 1 (default): anywhere its whole path fits; 0: the
             path is centred in the frame, so a static object sits in the middle and a moving one
-            passes through it. Below 1 the caption says more about the pixels (a noun fixes the
-            silhouette, a direction word the path), which is what makes a model learn those words.
+            passes through it. Below 1 the caption says more about the pixels (a direction word
+            fixes the path, a noun the silhouette), so those words carry more of a denoising loss.
         seed: default seed of :func:`generate_clip` / :func:`generate_dataset`.
     """
 
