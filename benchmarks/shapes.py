@@ -250,11 +250,13 @@ def replaced_caption(clip: ShapesClip, attribute: str, words: tuple[str, ...]) -
 
 
 @torch.no_grad()
-def caption_loss_ratio(pipe, pairs: list[tuple[ShapesClip, str]],
+def caption_loss_ratio(pipe, pairs: list[tuple[ShapesClip, str | None]],
                        timesteps: tuple[int, ...] = (300, 600, 900)) -> tuple[float, int]:
     """v-loss of each clip with the paired (altered) caption over its v-loss with its true
-    caption, same noise, averaged over ``timesteps``; returns ``(ratio, clips used)``. 1 means
-    the model's prediction ignores what the alteration changed."""
+    caption, same noise, averaged over ``timesteps``; returns ``(ratio, clips used)``. Pairs
+    whose caption is ``None`` (no alteration applies) are skipped. 1 means the model's
+    prediction ignores what the alteration changed."""
+    pairs = [(clip, caption) for clip, caption in pairs if caption is not None]
     if not pairs:
         return float("nan"), 0
     config = pipe.shapes_config
@@ -276,16 +278,15 @@ def binding_loss_ratio(pipe, clips: list[ShapesClip], attribute: str) -> tuple[f
     """Does the model bind words to objects? :func:`caption_loss_ratio` with ``attribute``
     swapped between the two objects of two-object captions. A text conditioning that is a bag
     of words gives exactly 1; a model that binds, more than 1."""
-    pairs = [(clip, swapped_caption(clip, attribute)) for clip in clips if len(clip.objects) == 2]
-    return caption_loss_ratio(pipe, [(clip, caption) for clip, caption in pairs if caption is not None])
+    two_object = [clip for clip in clips if len(clip.objects) == 2]
+    return caption_loss_ratio(pipe, [(clip, swapped_caption(clip, attribute)) for clip in two_object])
 
 
 def word_use_ratio(pipe, clips: list[ShapesClip], attribute: str) -> tuple[float, int]:
     """Does the model use a kind of word at all? :func:`caption_loss_ratio` with a one-object
     clip's noun, colour or direction replaced by another (1 = the word is ignored)."""
     words = {"shape": tuple(pipe.shapes_config.shapes), "color": tuple(COLORS), "direction": tuple(DIRECTIONS)}[attribute]
-    pairs = [(clip, replaced_caption(clip, attribute, words)) for clip in clips]
-    return caption_loss_ratio(pipe, [(clip, caption) for clip, caption in pairs if caption is not None])
+    return caption_loss_ratio(pipe, [(clip, replaced_caption(clip, attribute, words)) for clip in clips])
 
 
 def format_table(rows: dict[str, dict[str, float]], counts: dict[str, int], title: str) -> str:
