@@ -169,7 +169,8 @@ class Lambda2Layers(LayerSelector):
 
     Scores come from, in order: ``scores`` (a ``{layer: score}`` dict or a JSON path), the
     trace context's calibration, the stored calibration of the model (:func:`calibration_path`).
-    Without scores, the model's reference layer list (:data:`REFERENCE_LAYERS`) is used, and
+    ``threshold`` defaults to the trace calibration's ``"lambda2_threshold"`` when it has one,
+    else the family's published value (0.7 CogVideoX, 0.75 HunyuanVideo). Without scores, the model's reference layer list (:data:`REFERENCE_LAYERS`) is used, and
     otherwise ``fallback``: ``"all"`` layers or ``"error"``.
     """
 
@@ -184,7 +185,9 @@ class Lambda2Layers(LayerSelector):
     def bind(self, context: TraceContext) -> None:
         super().bind(context)
         scores, self.source = self._find_scores(context)
-        threshold = self.threshold if self.threshold is not None else self._default_threshold(context.model)
+        threshold = self.threshold
+        if threshold is None:  # a calibration may come with the threshold it was made for
+            threshold = float(context.calibration.get("lambda2_threshold", self._default_threshold(context.model)))
         if scores is not None:
             self.layers = sorted(layer for layer, score in scores.items() if score > threshold)
         elif context.model in REFERENCE_LAYERS:

@@ -38,7 +38,10 @@ frame; a map is compared with pixel masks by nearest upsampling of its token cel
 
 Layer selection ("+ layer sel."): lambda2 layer scores are calibrated on ``--calibration-clips``
 training-distribution clips (renoised, not the benchmark clips); this model has no published
-threshold, so layers scoring at least the median layer score are kept.
+threshold, so layers scoring above the median layer score are kept (``Lambda2Layers`` with the
+median as threshold). ``--save-layer-scores`` writes the scores and that threshold in the file
+format ``vidinterp.zoo.load`` reads beside the weights, so the shipped model's ``IMAP()`` selects
+the same layers.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from vidinterp.analyses.concept_attention import ConceptAttention
 from vidinterp.analyses.cross_attention import CrossAttention
 from vidinterp.analyses.gramcol import GramCol
 from vidinterp.analyses.heads import HeadIndices, RandomHeads, TopKHeads
-from vidinterp.analyses.lambda2 import Lambda2
+from vidinterp.analyses.lambda2 import Lambda2, save_layer_scores
 from vidinterp.analyses.qk_matching import QKMatching
 from vidinterp.analyses.separation import Separation
 from vidinterp.datasets.shapes import (
@@ -317,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="score tuning clips (their own seeds) instead of the held-out benchmark clips")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/shapes"))
+    parser.add_argument("--save-layer-scores", type=Path, default=None,
+                        help="also write the lambda2 layer scores + threshold here (zoo/weights/shapes.lambda2.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -327,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
                "num_renoise_steps": args.num_renoise_steps, "seed": args.seed}
     scores = calibrate_layers(pipe, config, args.calibration_clips, renoise)
     median = float(np.median(list(scores.values())))
-    selected = sorted(layer for layer, score in scores.items() if score >= median)
+    selected = sorted(layer for layer, score in scores.items() if score > median)
+    if args.save_layer_scores is not None:
+        save_layer_scores(scores, "vidinterp.zoo/shapes", args.save_layer_scores, threshold=median,
+                          calibration_clips=args.calibration_clips, renoise=renoise,
+                          rule="layers scoring above the median layer score")
     print(f"lambda2 layer scores {({k: round(v, 3) for k, v in scores.items()})}; selected layers {selected}", flush=True)
 
     samples: dict[str, dict[str, list[float]]] = {}

@@ -238,6 +238,25 @@ def test_lambda2_layers_sources(tmp_path, monkeypatch):
         Lambda2Layers().bind(TraceContext(concepts=["a"], num_layers=2, num_inference_steps=5, model="tiny"))
 
 
+def test_a_pipeline_carries_its_layer_calibration_into_every_trace():
+    pipe = vidinterp.testing.tiny_pipeline("cogvideox", num_layers=3)
+    pipe.vidinterp_calibration = {"lambda2": {0: 0.9, 1: 0.5, 2: 0.8}}  # as zoo models ship theirs
+    trace = vidinterp.trace(pipe, prompt="a dog", concepts=["dog", "grass"], analyses=[IMAP(k=1)],
+                            num_inference_steps=4)
+    kept = trace.heads["imap_selected_heads"].fillna(0).sum(("step", "head"))
+    assert kept.where(kept > 0, drop=True).layer.values.tolist() == [0, 2]
+    pipe.vidinterp_calibration["lambda2_threshold"] = 0.85  # the threshold the calibration was made for
+    trace = vidinterp.trace(pipe, prompt="a dog", concepts=["dog", "grass"], analyses=[IMAP(k=1)],
+                            num_inference_steps=4)
+    kept = trace.heads["imap_selected_heads"].fillna(0).sum(("step", "head"))
+    assert kept.where(kept > 0, drop=True).layer.values.tolist() == [0]
+    del pipe.vidinterp_calibration  # no calibration: IMAP falls back to all layers
+    trace = vidinterp.trace(pipe, prompt="a dog", concepts=["dog", "grass"], analyses=[IMAP(k=1)],
+                            num_inference_steps=4)
+    kept = trace.heads["imap_selected_heads"].fillna(0).sum(("step", "head"))
+    assert kept.where(kept > 0, drop=True).layer.values.tolist() == [0, 1, 2]
+
+
 def test_one_pass_returns_all_maps_and_diagnostics():
     from vidinterp.analyses.lambda2 import Lambda2
 

@@ -140,6 +140,11 @@ def test_export_and_load_round_trip(tmp_path, pipe):
     loaded = load(weights=path)
     for key, value in model_state(pipe).items():
         torch.testing.assert_close(model_state(loaded)[key], value)
+    assert not hasattr(loaded, "vidinterp_calibration")
+    from vidinterp.analyses.lambda2 import save_layer_scores
+
+    save_layer_scores({0: 0.8, 1: 0.6}, "shapes", tmp_path / "shapes.lambda2.json", threshold=0.65)  # ships beside
+    assert load(weights=path).vidinterp_calibration == {"lambda2": {0: 0.8, 1: 0.6}, "lambda2_threshold": 0.65}
 
 
 def test_bundled_demo_clip_is_the_documented_clip():

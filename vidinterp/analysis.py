@@ -29,7 +29,12 @@ from vidinterp.layout import TokenLayout
 from vidinterp.selectors import AllLayers, AllSteps, LayerSelector, StepSelector
 from vidinterp.sites import SiteVisit
 
-__all__ = ["Analysis", "TraceContext", "map_coords"]
+__all__ = ["Analysis", "TraceContext", "map_coords", "CALIBRATION_ATTRIBUTE"]
+
+#: A pipeline may carry per-model calibration as ``pipe.vidinterp_calibration`` (a dict, e.g.
+#: ``{"lambda2": {layer: score}}``); :func:`vidinterp.trace` hands it to every analysis as
+#: :attr:`TraceContext.calibration`. Zoo models ship theirs this way.
+CALIBRATION_ATTRIBUTE = "vidinterp_calibration"
 
 
 @dataclass
@@ -42,7 +47,8 @@ class TraceContext:
         num_inference_steps: length of the denoising schedule.
         timesteps: the schedule's timesteps, one per step index.
         model: model family / id, for provenance.
-        calibration: per-model stored results (e.g. lambda2 layer scores) selectors may read.
+        calibration: per-model stored results (e.g. lambda2 layer scores) selectors may read;
+            from the pipeline's :data:`CALIBRATION_ATTRIBUTE` when it has one.
     """
 
     concepts: list[str]

@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 
 from vidinterp.adapter import Adapter, ConceptReduction
-from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.analysis import CALIBRATION_ATTRIBUTE, Analysis, TraceContext
 from vidinterp.inputs import load_pipeline, prepare_video, validate_concepts
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for, analysis_classes
@@ -167,6 +167,7 @@ def trace(
         num_inference_steps=num_inference_steps,
         timesteps=[float(t) for t in timesteps],
         model=adapter.model_name,
+        calibration=dict(getattr(pipe, CALIBRATION_ATTRIBUTE, None) or {}),
     )
     for analysis in analyses:
         analysis.bind(context)

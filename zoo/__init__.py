@@ -70,7 +70,11 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
         device: torch device.
 
     Returns:
-        A ``CogVideoXPipeline``.
+        A ``CogVideoXPipeline``. When a lambda2 layer-score file (``<name>.lambda2.json``, as
+        :func:`vidinterp.analyses.lambda2.save_layer_scores` writes it) lies beside the weights,
+        the pipeline carries it (and the file's ``threshold``, when given) as
+        ``pipe.vidinterp_calibration``, so IMAP and ``Lambda2Layers`` select this model's layers
+        without a calibration run.
 
     Raises:
         FileNotFoundError: when no weights are installed (train them with
@@ -89,4 +93,13 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
     config = ShapesModelConfig.from_dict(json.loads(config_file.read_text())) if config_file.is_file() else ShapesModelConfig()
     pipe = build_shapes_pipeline(config)
     load_state(pipe, load_file(str(path)))
+    layer_scores = path.with_suffix(".lambda2.json")
+    if layer_scores.is_file():
+        from vidinterp.analyses.lambda2 import load_layer_scores
+
+        calibration = {"lambda2": load_layer_scores(layer_scores)}
+        threshold = json.loads(layer_scores.read_text()).get("threshold")
+        if threshold is not None:
+            calibration["lambda2_threshold"] = float(threshold)
+        pipe.vidinterp_calibration = calibration
     return pipe.to(device)
