@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "calibrate_layers",
     "save_layer_scores",
+    "load_calibration",
     "load_layer_scores",
     "calibration_path",
 ]
@@ -130,10 +131,20 @@ def save_layer_scores(scores: dict[int, float], model: str, path: str | os.PathL
 
 def load_layer_scores(source: str | os.PathLike) -> dict[int, float]:
     """Read ``{layer: score}`` from a JSON file written by :func:`save_layer_scores`."""
+    return load_calibration(source)["lambda2"]
+
+
+def load_calibration(source: str | os.PathLike) -> dict[str, Any]:
+    """A layer-score file as a trace calibration (``pipe.vidinterp_calibration``):
+    ``{"lambda2": {layer: score}}``, plus ``"lambda2_threshold"`` when the file records the
+    ``threshold`` its scores were made for (``save_layer_scores(..., threshold=t)``)."""
     payload = json.loads(Path(source).read_text())
     if "scores" not in payload:
         raise ValueError(f"{source} is not a layer-score file: it has no 'scores' entry")
-    return {int(layer): float(score) for layer, score in payload["scores"].items()}
+    calibration: dict[str, Any] = {"lambda2": {int(layer): float(score) for layer, score in payload["scores"].items()}}
+    if payload.get("threshold") is not None:
+        calibration["lambda2_threshold"] = float(payload["threshold"])
+    return calibration
 
 
 def calibrate_layers(model: Any, prompts: Iterable[str], *, num_inference_steps: int = 50,
@@ -170,8 +181,9 @@ class Lambda2Layers(LayerSelector):
     Scores come from, in order: ``scores`` (a ``{layer: score}`` dict or a JSON path), the
     trace context's calibration, the stored calibration of the model (:func:`calibration_path`).
     ``threshold`` defaults to the trace calibration's ``"lambda2_threshold"`` when it has one,
-    else the family's published value (0.7 CogVideoX, 0.75 HunyuanVideo). Without scores, the model's reference layer list (:data:`REFERENCE_LAYERS`) is used, and
-    otherwise ``fallback``: ``"all"`` layers or ``"error"``.
+    else the family's published value (0.7 CogVideoX, 0.75 HunyuanVideo). Without scores, the
+    model's reference layer list (:data:`REFERENCE_LAYERS`) is used, and otherwise
+    ``fallback``: ``"all"`` layers or ``"error"``.
     """
 
     def __init__(self, threshold: float | None = None, *, scores: dict[int, float] | str | os.PathLike | None = None,

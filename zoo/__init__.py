@@ -95,11 +95,7 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
     load_state(pipe, load_file(str(path)))
     layer_scores = path.with_suffix(".lambda2.json")
     if layer_scores.is_file():
-        from vidinterp.analyses.lambda2 import load_layer_scores
+        from vidinterp.analyses.lambda2 import load_calibration
 
-        calibration = {"lambda2": load_layer_scores(layer_scores)}
-        threshold = json.loads(layer_scores.read_text()).get("threshold")
-        if threshold is not None:
-            calibration["lambda2_threshold"] = float(threshold)
-        pipe.vidinterp_calibration = calibration
+        pipe.vidinterp_calibration = load_calibration(layer_scores)
     return pipe.to(device)
