@@ -9,8 +9,9 @@ sees exactly the data an uninterrupted run would. Resumable in chunks::
     python benchmarks/train_shapes.py --out runs/shapes --export zoo/weights
 
 A new run can start from another run's EMA weights (``--init-from runs/a/checkpoint.pt
---text-layers 1``): text-encoder layers the source lacks start as exact identities, so the
-warm-started model first computes what the source did, then learns to use word order.
+--text-layers 1``) or from exported ones (``--init-from zoo/weights/shapes.safetensors``):
+text-encoder layers the source lacks start as exact identities, so the warm-started model first
+computes what the source did, then learns to use word order.
 
 Each invocation resumes from ``<out>/checkpoint.pt`` when it exists, trains at most ``--chunk``
 steps (or until ``--total-steps``, or ``--max-minutes``), and checkpoints every
@@ -42,6 +43,7 @@ from vidinterp.zoo.shapes import (
     ShapesModelConfig,
     build_shapes_pipeline,
     export_state,
+    read_export,
     load_state,
     model_state,
     clip_latents,
@@ -139,6 +141,18 @@ def sample_prompts(shapes: tuple[str, ...]) -> list[str]:
     return prompts
 
 
+def read_warm_start_source(path: Path) -> dict:
+    """``config`` (a ShapesModelConfig), ``ema`` weights and ``step`` of a training checkpoint
+    (``checkpoint.pt``) or of exported weights (``.safetensors``, e.g. the shipped
+    ``zoo/weights/shapes.safetensors``)."""
+    if path.suffix == ".safetensors":
+        config, state, metadata = read_export(path)
+        return {"config": config, "ema": state, "step": metadata.get("step", "unknown")}
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return {"config": ShapesModelConfig.from_dict(checkpoint["config"]), "ema": checkpoint["ema"],
+            "step": checkpoint["step"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/shapes"))
@@ -169,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--single-object-spread", type=float, default=ShapesModelConfig.single_object_spread,
                         help="position spread of one-object clips (new runs; 1: anywhere, 0: path centred)")
     parser.add_argument("--init-from", type=Path, default=None,
-                        help="new runs: start from the EMA weights of this checkpoint (its architecture, with "
+                        help="new runs: start from the EMA weights of this checkpoint.pt or exported .safetensors (its architecture, with "
                              "--text-layers, --object-size, --shapes and --single-object-spread); text-encoder layers it lacks start as identity")
     parser.add_argument("--samples", action="store_true", help="only write a frame grid PNG from the EMA weights")
     parser.add_argument("--export", type=Path, default=None, help="only export the EMA weights to this directory")
@@ -185,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ShapesModelConfig.from_dict(checkpoint["config"])
     source = None
     if checkpoint is None and args.init_from is not None:
-        source = torch.load(args.init_from, map_location="cpu", weights_only=False)
-        config = dataclasses.replace(ShapesModelConfig.from_dict(source["config"]), text_layers=args.text_layers,
+        source = read_warm_start_source(args.init_from)
+        config = dataclasses.replace(source["config"], text_layers=args.text_layers,
                                      object_size=tuple(args.object_size), shapes=tuple(args.shapes),
                                      single_object_spread=args.single_object_spread, vocabulary=None)
     pipe = build_shapes_pipeline(config, seed=args.seed)

@@ -1,8 +1,8 @@
 """Command line: ``vidinterp run`` traces a video and writes an interactive HTML view and a
-netCDF file. With no arguments it runs on the bundled default: a tiny offline CogVideoX
-pipeline (random weights) renoising a synthetic shapes clip with exact ground truth. A zoo
-model (``--model zoo:shapes``, once its weights are installed) renoises its own bundled clip
-(an mp4 with exact masks) unless ``--video`` is given."""
+netCDF file. With no arguments it runs on the bundled default: the trained shapes model of
+``vidinterp.zoo`` (``zoo:shapes``) renoising its bundled held-out clip (an mp4 with exact
+masks). A zoo model renoises its own clip unless ``--video`` is given; a tiny random-weights
+pipeline (``--model tiny-<family>``) renoises a synthetic shapes clip at its geometry."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 DEFAULT_METHODS = ("imap", "gramcol", "concept_attention", "cross_attention")
-DEFAULT_MODEL = "tiny-cogvideox"
+DEFAULT_MODEL = "zoo:shapes"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="trace a video (default: the bundled demo) and write HTML + netCDF")
     run.add_argument("--model", default=DEFAULT_MODEL,
-                     help="'tiny-<family>' for an offline tiny pipeline (default: %(default)s); 'zoo:<name>' for a "
-                          "trained model of vidinterp.zoo; a local pipeline directory or cached model id")
+                     help="'zoo:<name>' for a trained model of vidinterp.zoo (default: %(default)s); 'tiny-<family>' for an "
+                          "offline tiny pipeline with random weights; a local pipeline directory or cached model id")
     run.add_argument("--video", help="video file to renoise (default: a zoo model's bundled clip; for other models "
                                      "a synthetic shapes clip at the model's geometry)")
     run.add_argument("--prompt", help="prompt / caption (default: the demo clip's caption)")

@@ -7,7 +7,6 @@ shapes clips (:mod:`vidinterp.datasets.shapes`), 6 frames at 32x32 pixels; see
 
 from __future__ import annotations
 
-import json
 from os import PathLike
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from vidinterp.zoo.shapes import (
     UnknownWordError,
     build_shapes_pipeline,
     load_state,
+    read_export,
 )
 
 __all__ = [
@@ -70,9 +70,12 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
         device: torch device.
 
     Returns:
-        A ``CogVideoXPipeline``. When a lambda2 layer-score file (``<name>.lambda2.json``, as
-        :func:`vidinterp.analyses.lambda2.save_layer_scores` writes it) lies beside the weights,
-        the pipeline carries it (and the file's ``threshold``, when given) as
+        A ``CogVideoXPipeline``. To sample from it, pass the trained text length:
+        ``pipe(prompt, max_sequence_length=pipe.shapes_config.max_text_length, ...)``
+        (diffusers' default, 226 tokens, gives empty clips). When a lambda2 layer-score file
+        (``<name>.lambda2.json``, as :func:`vidinterp.analyses.lambda2.save_layer_scores` writes
+        it) lies beside the weights, the pipeline carries it (and the file's ``threshold``, when
+        given) as
         ``pipe.vidinterp_calibration``, so IMAP and ``Lambda2Layers`` select this model's layers
         without a calibration run.
 
@@ -80,19 +83,16 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
         FileNotFoundError: when no weights are installed (train them with
             ``benchmarks/train_shapes.py`` and export, or pass ``weights=``).
     """
-    from safetensors.torch import load_file
-
     path = Path(weights) if weights is not None else weights_path(name)
     if not path.is_file():
         raise FileNotFoundError(
-            f"no weights for zoo model {name!r} at {path}: this install ships none yet. Train with "
+            f"no weights for zoo model {name!r} at {path} (the package ships them in {WEIGHTS_DIR}). Train with "
             f"`python benchmarks/train_shapes.py` then export (`--export`), or pass weights=<file.safetensors>; "
             f"vidinterp.zoo.build_shapes_pipeline() gives an untrained instance"
         )
-    config_file = path.with_suffix(".json")
-    config = ShapesModelConfig.from_dict(json.loads(config_file.read_text())) if config_file.is_file() else ShapesModelConfig()
+    config, state, _ = read_export(path)
     pipe = build_shapes_pipeline(config)
-    load_state(pipe, load_file(str(path)))
+    load_state(pipe, state)
     layer_scores = path.with_suffix(".lambda2.json")
     if layer_scores.is_file():
         from vidinterp.analyses.lambda2 import load_calibration

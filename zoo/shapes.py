@@ -42,6 +42,7 @@ __all__ = [
     "train_clip_config",
     "load_state",
     "export_state",
+    "read_export",
     "warm_start",
     "clip_latents",
     "velocity_loss",
@@ -79,7 +80,7 @@ class ShapesModelConfig:
     scaling_factor: float = 2.0
     object_size: tuple[int, int] = (8, 12)  # inclusive bounding-box size range of the clips, pixels
     shapes: tuple[str, ...] = CLASSIC_SHAPES  # object nouns of the clips
-    single_object_spread: float = 1.0  # ShapesConfig.position_spread of one-object clips (1: anywhere)
+    single_object_spread: float = 0.25  # ShapesConfig.position_spread of one-object clips (1: anywhere)
     vocabulary: tuple[str, ...] | None = None  # None: model_vocabulary(shapes)
 
     def __post_init__(self) -> None:
@@ -312,6 +313,24 @@ def warm_start(pipe, source: dict[str, torch.Tensor]) -> list[str]:
             merged[key] = value
     load_state(pipe, merged)
     return new
+
+
+def read_export(path: str | Path) -> tuple[ShapesModelConfig, dict[str, torch.Tensor], dict[str, str]]:
+    """Read what :func:`export_state` wrote: the config (the ``.json`` beside the weights, or the
+    defaults when there is none), the weights as a :func:`model_state` dict (tied text embedding
+    restored) and the file's metadata (e.g. ``step``, ``seed``)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config_file = path.with_suffix(".json")
+    config = ShapesModelConfig.from_dict(json.loads(config_file.read_text())) if config_file.is_file() else ShapesModelConfig()
+    state = load_file(str(path))
+    if "text_encoder.shared.weight" in state:
+        state.setdefault("text_encoder.encoder.embed_tokens.weight", state["text_encoder.shared.weight"])
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    return config, state, metadata
 
 
 def export_state(pipe, config: ShapesModelConfig, directory: str | Path, name: str = "shapes",
