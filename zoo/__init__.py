@@ -75,9 +75,8 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
         (diffusers' default, 226 tokens, gives empty clips). When a lambda2 layer-score file
         (``<name>.lambda2.json``, as :func:`vidinterp.analyses.lambda2.save_layer_scores` writes
         it) lies beside the weights, the pipeline carries it (and the file's ``threshold``, when
-        given) as
-        ``pipe.vidinterp_calibration``, so IMAP and ``Lambda2Layers`` select this model's layers
-        without a calibration run.
+        given) as ``pipe.vidinterp_calibration``, so IMAP and ``Lambda2Layers`` select this
+        model's layers without a calibration run.
 
     Raises:
         FileNotFoundError: when no weights are installed (train them with

@@ -242,21 +242,28 @@ def model_state(pipe) -> dict[str, torch.Tensor]:
     return state
 
 
+_TIED_TEXT_EMBEDDINGS = ("text_encoder.shared.weight", "text_encoder.encoder.embed_tokens.weight")
+
+
+def with_tied_embeddings(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with both names of T5's tied word embedding (``shared`` and
+    ``encoder.embed_tokens``) when it holds either: saving may keep only one of them."""
+    present = [key for key in _TIED_TEXT_EMBEDDINGS if key in state]
+    if not present:
+        return state
+    return {**{key: state[present[0]] for key in _TIED_TEXT_EMBEDDINGS}, **state}
+
+
 def load_state(pipe, state: dict[str, torch.Tensor]) -> None:
     """Load a :func:`model_state` dict into ``pipe`` (strict)."""
     parts: dict[str, dict[str, torch.Tensor]] = {"transformer": {}, "text_encoder": {}}
-    for key, value in state.items():
+    for key, value in with_tied_embeddings(state).items():
         prefix, _, rest = key.partition(".")
         if prefix not in parts:
             raise ValueError(f"unexpected weight {key!r}; expected transformer.* or text_encoder.*")
         parts[prefix][rest] = value
     pipe.transformer.load_state_dict(parts["transformer"], strict=True)
-    # T5 ties shared and encoder.embed_tokens; saving may keep only one of them
     text = parts["text_encoder"]
-    if "shared.weight" in text and "encoder.embed_tokens.weight" not in text:
-        text["encoder.embed_tokens.weight"] = text["shared.weight"]
-    if "encoder.embed_tokens.weight" in text and "shared.weight" not in text:
-        text["shared.weight"] = text["encoder.embed_tokens.weight"]
     pipe.text_encoder.load_state_dict(text, strict=False)
     missing = set(pipe.text_encoder.state_dict()) - set(text)
     if missing:
@@ -320,17 +327,14 @@ def read_export(path: str | Path) -> tuple[ShapesModelConfig, dict[str, torch.Te
     defaults when there is none), the weights as a :func:`model_state` dict (tied text embedding
     restored) and the file's metadata (e.g. ``step``, ``seed``)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     config_file = path.with_suffix(".json")
     config = ShapesModelConfig.from_dict(json.loads(config_file.read_text())) if config_file.is_file() else ShapesModelConfig()
-    state = load_file(str(path))
-    if "text_encoder.shared.weight" in state:
-        state.setdefault("text_encoder.encoder.embed_tokens.weight", state["text_encoder.shared.weight"])
     with safe_open(str(path), framework="pt") as handle:
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
         metadata = dict(handle.metadata() or {})
-    return config, state, metadata
+    return config, with_tied_embeddings(state), metadata
 
 
 def export_state(pipe, config: ShapesModelConfig, directory: str | Path, name: str = "shapes",
