@@ -13,17 +13,9 @@ column per criterion) plus a random-map baseline row, and writes it with the raw
 Metrics (maps are ``(concept, frame, y, x)`` on the 8x8 token grid; one latent frame per pixel
 frame; a map is compared with pixel masks by nearest upsampling of its token cells):
 
-* **object mIoU**: noun and colour concepts; per frame the map is min-max normalised and
-  thresholded at its mean; the mean of the foreground IoU and background IoU against the
-  concept's ground-truth mask, averaged over frames, concepts and clips.
-* **motion IoU**: direction-word concepts, on the frames where the named object moves;
-  foreground IoU of the thresholded map with the moving object's mask.
-* **temporal**: direction words of objects that move on some frames and rest on others; with
-  the map shifted to be non-negative over the clip, mean map per moving frame divided by the sum
-  of the mean per moving frame and the mean per static frame (0.5 = no temporal localisation).
-* **AUROC (2 obj)**: two-object clips, each concept word naming exactly one of the two objects
-  (its noun, colour or direction): AUROC of map values on the named object's pixels against the
-  other object's pixels, per frame (frames where both are visible), averaged over frames.
+* **object mIoU**, **motion IoU**, **temporal**, **AUROC (2 obj)** (and its split by the kind of
+  naming word): as :func:`vidinterp.datasets.scoring.score_maps` defines them, averaged over
+  every sample of every clip.
 * **QK-peak pointing**: per (layer, head), the share of (concept, frame) surrogate tokens
   (``trace.diagnostics`` ``surrogate_y``/``surrogate_x``) whose 4x4-pixel cell overlaps the named
   object's mask (noun and colour concepts naming one object, frames where it is visible).
@@ -68,7 +60,7 @@ from vidinterp.analyses.separation import Separation
 from vidinterp.datasets.shapes import (
     COLORS, DIRECTIONS, SHAPES, ShapesClip, clip_seed, generate_clip, make_caption,
 )
-from vidinterp.metrics import auroc, binarize_at_mean, foreground_background_miou, iou, upsample_nearest
+from vidinterp.datasets.scoring import ALL_METRICS, naming, score_maps
 from vidinterp.selectors import AllLayers, LayerIndices
 from vidinterp.zoo.shapes import (
     ShapesModelConfig, build_shapes_pipeline, clip_latents, load_state, train_clip_config, velocity_loss,
@@ -79,10 +71,6 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 HELDOUT_SEED = 20_000_003  # benchmark clips; training uses --seed (0), validation 10_000_019
 CALIBRATION_SEED = 30_000_001
 TUNING_SEED = 50_000_017  # clips for choosing settings (--tuning), never the reported ones
-METRICS = ("object_miou", "motion_iou", "temporal", "auroc_2obj")
-#: AUROC split by the kind of word naming the object (extra columns of the JSON and table)
-AUROC_KINDS = ("auroc_noun", "auroc_color", "auroc_direction")
-ALL_METRICS = METRICS + AUROC_KINDS
 
 
 def heldout_clips(n: int, config: ShapesModelConfig, root: int = HELDOUT_SEED) -> list[ShapesClip]:
@@ -142,47 +130,6 @@ def per_head_analyses(num_layers: int, heads: int) -> list:
 
 
 # ------------------------------------------------------------------ metrics
-def naming(clip: ShapesClip, word: str) -> np.ndarray:
-    """Which objects of the clip ``word`` names."""
-    return np.array([word in (obj.shape, obj.color, obj.direction) for obj in clip.objects])
-
-
-def score_maps(clip: ShapesClip, concepts: list[str], maps: np.ndarray) -> dict[str, list[float]]:
-    """Metric samples of one method on one clip; ``maps`` is ``[C, F, h, w]``."""
-    pixels = upsample_nearest(maps, clip.height, clip.width)  # [C, F, H, W]
-    out: dict[str, list[float]] = {name: [] for name in ALL_METRICS}
-    for c, word in enumerate(concepts):
-        m = pixels[c]
-        if word in SHAPES or word in COLORS:
-            truth = clip.concept_mask(word)
-            values = [foreground_background_miou(binarize_at_mean(m[f]), truth[f]) for f in range(clip.num_frames)]
-            out["object_miou"].append(float(np.mean(values)))
-        if word in DIRECTIONS:
-            truth = clip.concept_mask(word)
-            moving_frames = [f for f in range(clip.num_frames) if truth[f].any()]
-            if moving_frames:
-                out["motion_iou"].append(float(np.mean([iou(binarize_at_mean(m[f]), truth[f]) for f in moving_frames])))
-            objects = naming(clip, word)
-            moving = clip.moving[objects].any(axis=0)
-            if moving.any() and not moving.all():
-                shifted = m - m.min()
-                per_frame = shifted.reshape(clip.num_frames, -1).mean(axis=1)
-                a, b = per_frame[moving].mean(), per_frame[~moving].mean()
-                out["temporal"].append(float(a / (a + b)) if a + b > 0 else 0.5)
-        if len(clip.objects) == 2:
-            objects = naming(clip, word)
-            if objects.sum() == 1:
-                named_mask = clip.masks[int(np.argmax(objects))]
-                other_mask = clip.masks[int(np.argmin(objects))]
-                frames = [f for f in range(clip.num_frames) if named_mask[f].any() and other_mask[f].any()]
-                if frames:  # within a frame: both objects are there at the same noise level
-                    value = float(np.mean([auroc(m[f][named_mask[f]], m[f][other_mask[f]]) for f in frames]))
-                    out["auroc_2obj"].append(value)
-                    kind = "noun" if word in SHAPES else "color" if word in COLORS else "direction"
-                    out[f"auroc_{kind}"].append(value)
-    return out
-
-
 def pointing(clip: ShapesClip, concepts: list[str], diagnostics) -> tuple[np.ndarray, np.ndarray, float] | None:
     """``[layer, head]`` shares of surrogate tokens inside the named object's cell-dilated mask and
     inside the other object's (two-object clips; zeros otherwise), and the chance level: the
