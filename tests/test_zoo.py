@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import CogVideoXPipeline
 
 import vidinterp
 from vidinterp.datasets.shapes import COLORS, generate_clip, load_clip
@@ -216,11 +217,11 @@ def test_shipped_model_maps_tell_the_named_colour_from_the_other_object(shipped)
 
 @pytest.mark.parametrize("colour", list(COLORS))
 def test_shipped_model_draws_the_prompted_colour(shipped, colour):
+    assert isinstance(shipped, CogVideoXPipeline)
     config = ShapesModelConfig()
     shape = config.shapes[0]
     out = shipped(f"a {colour} {shape}", num_frames=config.num_frames, height=config.height, width=config.width,
-                  num_inference_steps=20, guidance_scale=4.0, output_type="np",
-                  max_sequence_length=config.max_text_length,  # the trained text length (diffusers' default: 226)
+                  num_inference_steps=20, guidance_scale=4.0, output_type="np",  # default text length: trained one
                   generator=torch.Generator().manual_seed(0))
     frames = np.asarray(out.frames[0]) * 255  # [F, H, W, 3]
     background = np.median(frames.reshape(-1, 3), axis=0)

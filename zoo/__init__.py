@@ -70,9 +70,9 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
         device: torch device.
 
     Returns:
-        A ``CogVideoXPipeline``. To sample from it, pass the trained text length:
-        ``pipe(prompt, max_sequence_length=pipe.shapes_config.max_text_length, ...)``
-        (diffusers' default, 226 tokens, gives empty clips). When a lambda2 layer-score file
+        A :class:`~vidinterp.zoo.shapes.ShapesPipeline` (a ``CogVideoXPipeline`` whose calls
+        default to the trained text length: diffusers' default, 226 tokens, gives empty clips),
+        e.g. ``pipe("a red circle moving left", num_frames=6, height=32, width=32)``. When a lambda2 layer-score file
         (``<name>.lambda2.json``, as :func:`vidinterp.analyses.lambda2.save_layer_scores` writes
         it) lies beside the weights, the pipeline carries it (and the file's ``threshold``, when
         given) as ``pipe.vidinterp_calibration``, so IMAP and ``Lambda2Layers`` select this

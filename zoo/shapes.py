@@ -1,6 +1,7 @@
 """The bundled "shapes" text-to-video model: a small CogVideoX DiT for the synthetic shapes clips.
 
-Components, all real diffusers / transformers classes inside a real ``CogVideoXPipeline``:
+Components, all real diffusers / transformers classes inside :class:`ShapesPipeline`, a
+``CogVideoXPipeline`` that only changes the default text length to the trained one:
 
 * ``transformer``: ``CogVideoXTransformer3DModel`` (rotary positions, patch 4; 32x32-pixel
   frames -> 8x8 tokens per frame, one latent frame per pixel frame);
@@ -29,12 +30,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from diffusers import CogVideoXPipeline
 
 from vidinterp.datasets.shapes import CLASSIC_SHAPES, COLORS, DIRECTIONS, FUNCTION_WORDS, VOCABULARY, ShapesConfig
 from vidinterp.zoo.latent import LATENT_CHANNELS, ShapesLatentMapping
 
 __all__ = [
     "ShapesModelConfig",
+    "ShapesPipeline",
     "ShapesTokenizer",
     "UnknownWordError",
     "build_shapes_pipeline",
@@ -184,9 +187,24 @@ def _tokenizer_class():
 ShapesTokenizer = _tokenizer_class()
 
 
+class ShapesPipeline(CogVideoXPipeline):
+    """``CogVideoXPipeline`` with one changed default, the text length.
+
+    diffusers' ``CogVideoXPipeline.__call__`` pads prompts to 226 tokens; the shapes model is
+    trained on ``shapes_config.max_text_length`` (12) and gives empty clips at 226. Calls that
+    pass no ``max_sequence_length`` get the trained one; everything else is the parent's.
+    """
+
+    shapes_config: ShapesModelConfig  # set by build_shapes_pipeline
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("max_sequence_length", self.shapes_config.max_text_length)
+        return super().__call__(*args, **kwargs)
+
+
 def build_shapes_pipeline(config: ShapesModelConfig | None = None, seed: int = 0):
-    """A ``CogVideoXPipeline`` with the shapes architecture and freshly initialised weights."""
-    from diffusers import CogVideoXDDIMScheduler, CogVideoXPipeline, CogVideoXTransformer3DModel
+    """A :class:`ShapesPipeline` with the shapes architecture and freshly initialised weights."""
+    from diffusers import CogVideoXDDIMScheduler, CogVideoXTransformer3DModel
     from transformers import T5Config, T5EncoderModel
 
     config = config or ShapesModelConfig()
@@ -227,8 +245,8 @@ def build_shapes_pipeline(config: ShapesModelConfig | None = None, seed: int = 0
     vae = ShapesLatentMapping(scaling_factor=config.scaling_factor).eval()
     scheduler = CogVideoXDDIMScheduler(timestep_spacing="trailing", rescale_betas_zero_snr=True,
                                        prediction_type="v_prediction")
-    pipe = CogVideoXPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
-                             transformer=transformer, scheduler=scheduler)
+    pipe = ShapesPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae,
+                          transformer=transformer, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     pipe.shapes_config = config  # architecture and clip geometry, for tools
     return pipe
