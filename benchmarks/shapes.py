@@ -60,7 +60,7 @@ from vidinterp.analyses.separation import Separation
 from vidinterp.datasets.shapes import (
     COLORS, DIRECTIONS, SHAPES, ShapesClip, clip_seed, generate_clip, make_caption,
 )
-from vidinterp.datasets.scoring import ALL_METRICS, naming, score_maps
+from vidinterp.datasets.scoring import ALL_METRICS, AUROC_KINDS, naming, score_maps
 from vidinterp.selectors import AllLayers, LayerIndices
 from vidinterp.zoo.shapes import (
     ShapesModelConfig, build_shapes_pipeline, clip_latents, load_state, train_clip_config, velocity_loss,
@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             result = score_maps(clip, concepts, values)
             if name.startswith("head_"):
                 head_motion.setdefault(name, []).extend(result["motion_iou"])
-                head_auroc.setdefault(name, []).extend(result["auroc_2obj"])
+                for metric in ("auroc_2obj", *AUROC_KINDS):
+                    head_auroc.setdefault(metric, {}).setdefault(name, []).extend(result[metric])
             elif name.startswith("layer_"):
                 for metric in ("object_miou", "auroc_2obj"):
                     layer_samples.setdefault(name, {"object_miou": [], "auroc_2obj": []})[metric].extend(result[metric])
@@ -344,8 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     motion_means = np.array([np.mean(head_motion[h]) if head_motion.get(h) else np.nan for h in heads_sorted])
     valid = np.isfinite(motion_means)
     correlation = float(np.corrcoef(chi_means[valid], motion_means[valid])[0, 1]) if valid.sum() > 2 else float("nan")
-    head_auroc_means = {h: float(np.mean(v)) for h, v in head_auroc.items() if v}
-    best_head = max(head_auroc_means, key=head_auroc_means.get, default=None)
+    head_auroc_means = {metric: {h: float(np.mean(v)) for h, v in per_head.items() if v}
+                        for metric, per_head in head_auroc.items()}
+    best_heads = {metric: max(means, key=means.get) for metric, means in head_auroc_means.items() if means}
     pointing_table = (point_sum / point_n) if point_n else None
     pointing2 = (point2_sum / point2_n) if point2_n else None
     pointing2_other = (other2_sum / point2_n) if point2_n else None
@@ -372,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         + (f"mean {float(pointing2_other.mean()):.3f}, at the best head "
            f"{float(pointing2_other.flat[pointing2.argmax()]):.3f}" if pointing2 is not None else "n/a"),
         "Single-head GramCol AUROC (2 obj), best head chosen after the fact (a diagnostic, not a method): "
-        + (f"{head_auroc_means[best_head]:.3f} at {best_head}; median over heads "
-           f"{float(np.median(list(head_auroc_means.values()))):.3f}" if best_head else "n/a"),
+        + "; ".join(f"{'all' if metric == 'auroc_2obj' else metric.removeprefix('auroc_')} words {head_auroc_means[metric][head]:.3f} at {head} (median over heads "
+                    f"{float(np.median(list(head_auroc_means[metric].values()))):.3f})" for metric, head in best_heads.items()),
         "Single-layer maps, object mIoU / AUROC (2 obj) per layer (a diagnostic, not a method): " + "; ".join(
             f"{name.removeprefix('layer_')} {np.mean(v['object_miou']):.3f} / {np.mean(v['auroc_2obj']):.3f}"
             for name, v in layer_samples.items()),
@@ -401,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "pointing_2obj_other_object": None if pointing2_other is None else pointing2_other.tolist(),
         "pointing_chance": float(np.mean(point_chance)) if point_chance else None,
         "pointing_2obj_chance": float(np.mean(point2_chance)) if point2_chance else None,
-        "per_head_auroc_2obj": head_auroc_means,
+        "per_head_auroc": head_auroc_means,
         "binding_loss_ratio": {attribute: {"ratio": ratio, "clips": n} for attribute, (ratio, n) in binding.items()},
         "word_use_loss_ratio": {attribute: {"ratio": ratio, "clips": n} for attribute, (ratio, n) in word_use.items()},
         "per_layer": {name.removeprefix("layer_"): {m: float(np.mean(v[m])) for m in v} for name, v in layer_samples.items()},
