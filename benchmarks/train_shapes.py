@@ -118,8 +118,7 @@ def sample_grid(pipe, path: Path, prompts: list[str], seed: int = 0, steps: int 
         frames = pipe(prompt, num_frames=pipe.transformer.config.sample_frames,
                       height=pipe.transformer.config.sample_height, width=pipe.transformer.config.sample_width,
                       num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                      max_sequence_length=pipe.transformer.config.max_text_seq_length,  # trained length
-                      output_type="np").frames[0]
+                      output_type="np").frames[0]  # ShapesPipeline: the trained text length by default
         frames = (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
         frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
         pad = np.full((frames.shape[0], frames.shape[1], 2, 3), 128, np.uint8)

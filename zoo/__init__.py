@@ -72,11 +72,12 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
     Returns:
         A :class:`~vidinterp.zoo.shapes.ShapesPipeline` (a ``CogVideoXPipeline`` whose calls
         default to the trained text length: diffusers' default, 226 tokens, gives empty clips),
-        e.g. ``pipe("a red circle moving left", num_frames=6, height=32, width=32)``. When a lambda2 layer-score file
-        (``<name>.lambda2.json``, as :func:`vidinterp.analyses.lambda2.save_layer_scores` writes
-        it) lies beside the weights, the pipeline carries it (and the file's ``threshold``, when
-        given) as ``pipe.vidinterp_calibration``, so IMAP and ``Lambda2Layers`` select this
-        model's layers without a calibration run.
+        e.g. ``pipe("a red circle moving left", num_frames=6, height=32, width=32)``. When a
+        lambda2 layer-score file (``<name>.lambda2.json``, as
+        :func:`vidinterp.analyses.lambda2.save_layer_scores` writes it) lies beside the weights,
+        the pipeline carries it (and the file's ``threshold``, when given) as
+        ``pipe.vidinterp_calibration``, so IMAP and ``Lambda2Layers`` select this model's layers
+        without a calibration run.
 
     Raises:
         FileNotFoundError: when no weights are installed (train them with
