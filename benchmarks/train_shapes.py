@@ -18,7 +18,8 @@ steps (or until ``--total-steps``, or ``--max-minutes``), and checkpoints every
 ``--checkpoint-every`` steps and at the end. ``<out>/log.jsonl`` holds the losses.
 
 Objective: v-prediction on the ``CogVideoXDDIMScheduler`` schedule the pipeline samples with
-(zero terminal SNR), timesteps uniform in ``[0, 1000)``, MSE; AdamW with linear warm-up then
+(zero terminal SNR), timesteps uniform in ``[0, 1000)`` (or logit-normal, ``--timestep-sampling``),
+MSE (or weighted towards the objects' pixels, ``--object-weight``); AdamW with linear warm-up then
 cosine decay over ``--total-steps``; gradient clipping 1.0; EMA of the weights (exported).
 Batches mix one-object and two-object clips (``--single-fraction``); captions are dropped
 (empty prompt) with probability ``--caption-dropout`` for classifier-free guidance.
@@ -55,12 +56,35 @@ from vidinterp.zoo.shapes import (
 VALIDATION_SEED = 10_000_019  # held-out clip seeds use a different root than training
 
 
-def make_batch(pipe, config: ShapesModelConfig, root: int, step: int, batch: int, single_fraction: float):
-    """Clips of one step: ``(latents [B, F, C, H, W], captions)``."""
+def make_clips(config: ShapesModelConfig, root: int, step: int, batch: int, single_fraction: float):
+    """The clips of one step: the first ``round(batch * single_fraction)`` hold one object."""
     singles = int(round(batch * single_fraction))
     one, two = train_clip_config(config, (1, 1)), train_clip_config(config, (2, 2))
-    clips = [generate_clip(one if i < singles else two, clip_seed(root, step, i)) for i in range(batch)]
+    return [generate_clip(one if i < singles else two, clip_seed(root, step, i)) for i in range(batch)]
+
+
+def make_batch(pipe, config: ShapesModelConfig, root: int, step: int, batch: int, single_fraction: float):
+    """Clips of one step: ``(latents [B, F, C, H, W], captions)``."""
+    clips = make_clips(config, root, step, batch, single_fraction)
     return clip_latents(pipe, clips), [c.caption for c in clips]
+
+
+def object_weights(clips, weight: float, margin: int = 2) -> torch.Tensor:
+    """Loss weights ``[B, F, 1, H, W]``: ``weight`` on every pixel within ``margin`` pixels
+    (Chebyshev distance) of an object, 1 elsewhere. The margin covers the outside of a
+    silhouette too, where one shape's pixels differ from another's (a square's corners)."""
+    masks = torch.from_numpy(np.stack([clip.masks.any(axis=0) for clip in clips])).float()  # [B, F, H, W]
+    near = torch.nn.functional.max_pool2d(masks, 2 * margin + 1, stride=1, padding=margin)
+    return (1 + (weight - 1) * near).unsqueeze(2)
+
+
+def sample_timesteps(batch: int, num_train_timesteps: int, sampling: str, generator: torch.Generator) -> torch.Tensor:
+    """Training timesteps ``[B]`` (int64): ``uniform`` in ``[0, T)``, or ``logit-normal`` (SD3's
+    ``sigmoid(N(0, 1))`` scaled to ``[0, T)``, which favours mid noise over both ends)."""
+    if sampling == "uniform":
+        return torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+    fraction = torch.sigmoid(torch.randn(batch, generator=generator))
+    return (fraction * num_train_timesteps).long().clamp_(0, num_train_timesteps - 1)
 
 
 def encode_text(pipe, captions: list[str], config: ShapesModelConfig) -> torch.Tensor:
@@ -70,14 +94,14 @@ def encode_text(pipe, captions: list[str], config: ShapesModelConfig) -> torch.T
     return pipe.text_encoder(ids)[0]
 
 
-def v_loss(pipe, latents, captions, config, generator, rotary, caption_dropout: float) -> torch.Tensor:
-    scheduler = pipe.scheduler
+def v_loss(pipe, latents, captions, config, generator, rotary, caption_dropout: float,
+           timestep_sampling: str = "uniform", weights: torch.Tensor | None = None) -> torch.Tensor:
     batch = latents.shape[0]
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+    timesteps = sample_timesteps(batch, pipe.scheduler.config.num_train_timesteps, timestep_sampling, generator)
     noise = torch.randn(latents.shape, generator=generator)
     drop = torch.rand(batch, generator=generator) < caption_dropout
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
-    return velocity_loss(pipe, latents, noise, timesteps, encode_text(pipe, captions, config), rotary)
+    return velocity_loss(pipe, latents, noise, timesteps, encode_text(pipe, captions, config), rotary, weights)
 
 
 def trainable(pipe) -> list[torch.nn.Parameter]:
@@ -167,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--ema", type=float, default=0.998)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
+    parser.add_argument("--timestep-sampling", choices=("uniform", "logit-normal"), default="uniform")
+    parser.add_argument("--object-weight", type=float, default=1.0,
+                        help="loss weight of pixels within 2 of an object (1: plain MSE); validation stays plain MSE")
     parser.add_argument("--checkpoint-every", type=int, default=250)
     parser.add_argument("--validate-every", type=int, default=500)
     parser.add_argument("--threads", type=int, default=2)
@@ -247,10 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_minutes is not None and time.time() - started > 60 * args.max_minutes:
             break
         generator = torch.Generator().manual_seed(clip_seed(args.seed, step, 1_000_003))
-        latents, captions = make_batch(pipe, config, args.seed, step, args.batch, args.single_fraction)
+        clips = make_clips(config, args.seed, step, args.batch, args.single_fraction)
+        weights = object_weights(clips, args.object_weight) if args.object_weight != 1 else None
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
-        loss = v_loss(pipe, latents, captions, config, generator, rotary, args.caption_dropout)
+        loss = v_loss(pipe, clip_latents(pipe, clips), [c.caption for c in clips], config, generator, rotary,
+                      args.caption_dropout, args.timestep_sampling, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -37,3 +37,38 @@ def test_benchmark_writes_a_table_with_every_method_and_the_random_baseline(tmp_
     table = out.with_suffix(".md").read_text()
     assert table.count("\n| ") == len(rows) + 1  # header and one row per method
     assert "random maps (baseline)" in table and "QK-peak pointing" in table
+
+
+def load_training_script():
+    spec = importlib.util.spec_from_file_location("train_shapes", SCRIPT.with_name("train_shapes.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_object_weights_cover_each_object_and_a_two_pixel_margin():
+    from vidinterp.datasets.shapes import ShapeObject, render_clip
+
+    train = load_training_script()
+    objects = [ShapeObject(shape="circle", color="red", size=6, position=(3.5, 8.0), direction="right", speed=2.0),
+               ShapeObject(shape="triangle", color="blue", size=5, position=(12.0, 12.0))]  # one at the border
+    clip = render_clip(objects, num_frames=3, height=16, width=16)
+    weights = train.object_weights([clip], 3.0).numpy()
+    assert weights.shape == (1, 3, 1, 16, 16)
+    mask = clip.masks.any(axis=0)
+    near = np.zeros_like(mask)
+    for f, r, c in zip(*np.nonzero(mask)):  # brute force: every pixel within Chebyshev distance 2
+        near[f, max(0, r - 2):r + 3, max(0, c - 2):c + 3] = True
+    np.testing.assert_array_equal(weights[0, :, 0], np.where(near, 3.0, 1.0))
+
+
+def test_timestep_sampling_stays_in_range_and_logit_normal_favours_mid_noise():
+    train = load_training_script()
+    uniform = train.sample_timesteps(20_000, 1000, "uniform", torch.Generator().manual_seed(0))
+    logit = train.sample_timesteps(20_000, 1000, "logit-normal", torch.Generator().manual_seed(0))
+    for t in (uniform, logit):
+        assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) <= 999
+    mid = lambda t: float(((t >= 250) & (t < 750)).float().mean())
+    assert abs(mid(uniform) - 0.5) < 0.02
+    # P(|N(0, 1)| < logit(0.75) = 1.0986) = 0.7281
+    assert abs(mid(logit) - 0.728) < 0.02

@@ -127,8 +127,15 @@ def test_velocity_loss_is_the_v_prediction_mse(pipe):
         loss = velocity_loss(pipe, latents, noise, timesteps, embeds, rotary)
         prediction = pipe.transformer(hidden_states=alpha * latents + sigma * noise, encoder_hidden_states=embeds,
                                       timestep=timesteps, image_rotary_emb=rotary, return_dict=False)[0]
-    expected = ((prediction - (alpha * noise - sigma * latents)) ** 2).mean()
-    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    squared = (prediction - (alpha * noise - sigma * latents)) ** 2
+    torch.testing.assert_close(loss, squared.mean(), rtol=1e-5, atol=1e-6)
+    weights = torch.rand(2, 6, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        weighted = velocity_loss(pipe, latents, noise, timesteps, embeds, rotary, weights)
+        ones = velocity_loss(pipe, latents, noise, timesteps, embeds, rotary, torch.ones(1))
+    full = weights.expand_as(squared)
+    torch.testing.assert_close(weighted, (full * squared).sum() / full.sum(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ones, loss, rtol=1e-6, atol=1e-7)
 
 
 def test_generation_runs(pipe):

@@ -297,15 +297,23 @@ def clip_latents(pipe, clips) -> torch.Tensor:
 
 
 def velocity_loss(pipe, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
-                  prompt_embeds: torch.Tensor, rotary) -> torch.Tensor:
+                  prompt_embeds: torch.Tensor, rotary, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The training objective: mean squared error of the transformer's v-prediction for
     ``latents`` ``[B, F, C, H, W]`` noised with ``noise`` to ``timesteps`` ``[B]`` on the
-    pipeline's schedule (float32 scalar; differentiable)."""
+    pipeline's schedule (float32 scalar; differentiable).
+
+    ``weights`` (non-negative, broadcastable to ``latents``, e.g. ``[B, F, 1, H, W]``) makes it the
+    weighted mean ``sum(w * err^2) / sum(w)`` (over the broadcast shape); ``None`` is plain MSE.
+    """
     noisy = pipe.scheduler.add_noise(latents, noise, timesteps)
     target = pipe.scheduler.get_velocity(latents, noise, timesteps)
     prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=prompt_embeds, timestep=timesteps,
                                   image_rotary_emb=rotary, return_dict=False)[0]
-    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+    if weights is None:
+        return torch.nn.functional.mse_loss(prediction.float(), target.float())
+    squared = (prediction.float() - target.float()) ** 2
+    weights = weights.float().expand_as(squared)
+    return (weights * squared).sum() / weights.sum()
 
 
 def warm_start(pipe, source: dict[str, torch.Tensor]) -> list[str]:
