@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         generator = torch.Generator().manual_seed(clip_seed(args.seed, step, 1_000_003))
         clips = make_clips(config, args.seed, step, args.batch, args.single_fraction)
+        # weight 1 takes plain MSE, not all-ones weights: runs without the flag reproduce old ones bit for bit
         weights = object_weights(clips, args.object_weight) if args.object_weight != 1 else None
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
