@@ -1,4 +1,4 @@
-"""Offline tiny pipelines for tests, notebooks and examples.
+"""Offline tiny random-weight pipelines and their shared parts (tokenizers, text encoders).
 
 ``tiny_pipeline("cogvideox")`` builds a complete pipeline (transformer, VAE, text encoder,
 tokenizer, scheduler) from the real diffusers / transformers classes with tiny configs and
