@@ -214,6 +214,15 @@ class FluxAdapter(ImageMMDiTAdapter):
     def cfg_batched(self, guidance_scale: float) -> bool:
         return False
 
+    def unconditional_branch(self, scale: float) -> dict[str, Any]:
+        """True CFG (``true_cfg_scale``, with a negative prompt): ``guidance_scale`` is embedded."""
+        return {"true_cfg_scale": scale}
+
+    def latents_from_pipeline(self, latents: torch.Tensor, geometry: tuple[int, int, int]) -> torch.Tensor:
+        """The pipeline's packed ``[B, h*w/4, 4C]`` latents unpacked to ``[B, C, h, w]``."""
+        _, height, width = geometry
+        return self.pipe._unpack_latents(latents, height, width, int(self.pipe.vae_scale_factor))
+
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict[str, Any]:
         self.check_geometry(num_frames, height, width)
         return {"height": height, "width": width, "max_sequence_length": self.max_sequence_length}

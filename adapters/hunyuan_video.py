@@ -482,6 +482,10 @@ class HunyuanVideoAdapter(Adapter):
         """Never: ``guidance_scale`` is embedded guidance; true CFG runs as a separate call."""
         return False
 
+    def unconditional_branch(self, scale: float) -> dict[str, Any]:
+        """True CFG (``true_cfg_scale``, with a negative prompt): ``guidance_scale`` is embedded."""
+        return {"true_cfg_scale": scale}
+
     def timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """The pipeline's schedule: sigmas ``linspace(1, 0, n + 1)[:-1]``, shifted by the scheduler."""
         sigmas = np.linspace(1.0, 0.0, num_inference_steps + 1)[:-1]

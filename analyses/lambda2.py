@@ -65,7 +65,7 @@ class Lambda2(Analysis):
 
     name = "lambda2"
     group = "layers"
-    requires = (("q", "visual"), ("k", "visual"))
+    requires = (("q", "all"), ("k", "all"))  # the chain runs over every token of the site
     site_kinds = ("joint", "self")
 
     def __init__(self, *, method: Literal["krylov", "dense"] = "krylov", steps=None, layers=None, **solver_options) -> None:
@@ -78,7 +78,7 @@ class Lambda2(Analysis):
 
     def update(self, visit: SiteVisit) -> None:
         rows = visit.layout.conditional_rows
-        query, key = visit.tensors["q"][rows], visit.tensors["k"][rows]
+        query, key = visit.get("q", "all"), visit.get("k", "all")
         mask = None
         if visit.site.kind == "joint" and visit.layout.prompt_mask is not None:
             mask = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)

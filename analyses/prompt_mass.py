@@ -17,15 +17,15 @@ from vidinterp.registry import register_analysis
 @register_analysis
 class PromptMass(Analysis):
     name, group = "prompt_mass", "heads"
-    requires = (("q", "visual"), ("k", "prompt"))
+    requires = (("q", "visual"), ("k", "all"))
     site_kinds = ("joint",)
 
     def reset(self):
         self.total, self.count = 0.0, 0
 
     def update(self, visit):
-        rows, layout = visit.layout.conditional_rows, visit.layout
-        keys = visit.tensors["k"][rows].float()  # [B, H, S, d], the whole joint sequence
+        layout = visit.layout
+        keys = visit.get("k", "all").float()  # [B, H, S, d], the whole joint sequence
         one_hot = torch.zeros(keys.shape[2], layout.prompt_tokens, device=keys.device)
         one_hot[layout.prompt] = torch.eye(layout.prompt_tokens, device=keys.device)
         values = one_hot.expand(*keys.shape[:2], -1, -1)  # [B, H, S, T]

@@ -1,20 +1,12 @@
-"""Shared fixtures: every registered adapter and its tiny variants."""
+"""Shared test settings: one thread, deterministic algorithms."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import vidinterp
-
 # Tiny models: one thread avoids oversubscription when several test processes share the cores.
 torch.set_num_threads(1)
-
-ADAPTER_CASES = [
-    pytest.param(family, variant, kwargs, id=f"{family}-{variant}")
-    for family, cls in sorted(vidinterp.adapter_classes().items())
-    for variant, kwargs in cls.tiny_variants().items()
-]
 
 
 @pytest.fixture(autouse=True)

@@ -258,6 +258,19 @@ class Adapter(ABC):
         override this; the default is :meth:`timesteps`."""
         return self.timesteps(num_inference_steps)
 
+    def unconditional_branch(self, scale: float) -> dict[str, Any]:
+        """Keyword arguments of ``pipe(...)`` that run the pipeline's unconditional
+        (negative-prompt) classifier-free-guidance branch with weight ``scale`` (``1``: no such
+        branch). Default ``{"guidance_scale": scale}``; guidance-distilled families, whose
+        ``guidance_scale`` is embedded in the conditioning, name their true-CFG argument."""
+        return {"guidance_scale": scale}
+
+    def latents_from_pipeline(self, latents: torch.Tensor, geometry: tuple[int, int, int]) -> torch.Tensor:
+        """The pipeline's latents, as its scheduler steps them for a video of pixel ``geometry``,
+        in the layout :meth:`encode_video` returns and :meth:`denoiser` takes (default: the
+        same layout)."""
+        return latents
+
     def cfg_batched(self, guidance_scale: float) -> bool:
         """Whether the pipeline batches CFG branches in one call (unconditional rows first)
         at this guidance scale."""

@@ -8,7 +8,8 @@ looks them up by name or by the model object.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, TypeVar
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, TypeVar
 
 if TYPE_CHECKING:
     from vidinterp.adapter import Adapter
@@ -21,10 +22,13 @@ __all__ = [
     "adapter_class",
     "adapter_for",
     "analysis_classes",
+    "using_adapter",
 ]
 
 _ADAPTERS: dict[str, type["Adapter"]] = {}
 _ANALYSES: dict[str, type["Analysis"]] = {}
+#: Adapter classes :func:`adapter_for` tries first, innermost last (see :func:`using_adapter`).
+_PREFERRED: list[type["Adapter"]] = []
 
 A = TypeVar("A")
 
@@ -74,7 +78,7 @@ def adapter_for(pipe) -> "Adapter":
             f"{type(pipe).__name__} has no `transformer` component; vidinterp supports "
             f"diffusers pipelines of the families {sorted(adapter_classes())}"
         )
-    for cls in adapter_classes().values():
+    for cls in [*reversed(_PREFERRED), *adapter_classes().values()]:
         if cls.supports(transformer):
             return cls(pipe)
     supported = {family: cls.transformer_class_names for family, cls in adapter_classes().items()}
@@ -82,3 +86,16 @@ def adapter_for(pipe) -> "Adapter":
         f"unsupported model class {type(transformer).__name__}; supported families and their "
         f"transformer classes: {supported}"
     )
+
+
+@contextmanager
+def using_adapter(cls: type["Adapter"]) -> Iterator[type["Adapter"]]:
+    """Within the block, :func:`adapter_for` (so :func:`vidinterp.trace`, :func:`vidinterp.hooked`
+    and the CLI) picks ``cls`` for every pipeline it supports, before the registered adapters.
+    For adapters that are not registered (a third-party class under test, a variant of a
+    built-in one) and for the conformance checks."""
+    _PREFERRED.append(cls)
+    try:
+        yield cls
+    finally:
+        _PREFERRED.remove(cls)

@@ -41,7 +41,9 @@ __all__ = [
 HOOK_NAMES = ("hook_q", "hook_k", "hook_v", "hook_z")
 CONCEPT_HOOK_NAMES = ("hook_concept_q", "hook_concept_k", "hook_concept_v", "hook_concept_z")
 TENSOR_NAMES = ("q", "k", "v", "z")
-TOKEN_PARTS = ("visual", "prompt", "concept")
+#: Token parts of a site tensor: ``"all"`` is the site's whole sequence for that tensor (the
+#: joint visual + prompt sequence at joint sites, in the model's order).
+TOKEN_PARTS = ("visual", "prompt", "concept", "all")
 
 
 @dataclass(frozen=True)
@@ -99,8 +101,9 @@ class SiteVisit:
 
     def get(self, tensor: str, part: str) -> torch.Tensor:
         """Per-head ``tensor`` (``q``, ``k``, ``v`` or ``z``) of the token ``part`` (``visual``,
-        ``prompt`` or ``concept``) for the conditional rows: ``[cond_batch, heads, n, head_dim]``.
-        Visual tokens are ordered frame, row, column (``n = F*h*w``)."""
+        ``prompt``, ``concept`` or ``all``: the site's whole sequence) for the conditional rows:
+        ``[cond_batch, heads, n, head_dim]``. Visual tokens are ordered frame, row, column
+        (``n = F*h*w``)."""
         if tensor not in TENSOR_NAMES:
             raise KeyError(f"unknown site tensor {tensor!r}; expected one of {TENSOR_NAMES}")
         if part not in TOKEN_PARTS:
@@ -112,6 +115,10 @@ class SiteVisit:
                     f"{sorted(self.concept_tensors)}"
                 )
             return self.concept_tensors[tensor]
+        if part == "all":
+            if tensor not in self.tensors:
+                raise KeyError(f"site {self.site.name} provides no {tensor!r}; it provides {sorted(self.tensors)}")
+            return self.tensors[tensor][self.layout.conditional_rows]
         token_slice = self.parts.get(tensor, {}).get(part)
         if token_slice is None:
             raise KeyError(f"site {self.site.name} ({self.site.kind}) has no {part} tokens in {tensor!r}")
@@ -121,6 +128,8 @@ class SiteVisit:
     def provides(self, tensor: str, part: str) -> bool:
         if part == "concept":
             return tensor in self.concept_tensors
+        if part == "all":
+            return tensor in self.tensors
         return self.parts.get(tensor, {}).get(part) is not None
 
 

@@ -9,6 +9,15 @@
   outside vidinterp.
 """
 
+from vidinterp.testing.checks import (
+    Check,
+    CheckNotApplicable,
+    adapter_checks,
+    analysis_checks,
+    check_adapter,
+    check_analysis,
+    parametrize_with_checks,
+)
 from vidinterp.testing.planted import (
     PlantedDesign,
     planted_clip,
@@ -35,4 +44,11 @@ __all__ = [
     "planted_trace",
     "planted_scores",
     "register_planted",
+    "Check",
+    "CheckNotApplicable",
+    "adapter_checks",
+    "analysis_checks",
+    "check_adapter",
+    "check_analysis",
+    "parametrize_with_checks",
 ]

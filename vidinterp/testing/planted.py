@@ -256,8 +256,9 @@ def planted_scores(pipe, analyses=None) -> dict[str, Any]:
     """Every known answer of a planted pipeline, measured on one traced renoise of
     :func:`planted_clip` (:func:`planted_trace`):
 
-    * ``maps``: ``{(method, word): (pointing, mean IoU, worst IoU)}`` for every
-      ``(concept, frame, y, x)`` map (see :func:`map_scores`);
+    * ``grids``: ``{method: (frames, rows, columns)}`` of every ``(concept, frame, y, x)`` map;
+    * ``maps``: ``{(method, word): (pointing, mean IoU, worst IoU)}`` for every such map whose
+      grid is the design's (see :func:`map_scores`), ``(0, 0, 0)`` for one whose grid is not;
     * ``pixel_maps``: the same at pixel resolution (:func:`vidinterp.pixels.pixel_maps`) on the
       pixel frames the latent mapping samples, against the words' pixel masks;
     * ``qk_peaks``: share of frames where the localising head's QK peak (at its layer) lies in
@@ -271,10 +272,17 @@ def planted_scores(pipe, analyses=None) -> dict[str, Any]:
     design: PlantedDesign = pipe.vidinterp_planted
     trace, clip = planted_trace(pipe, analyses)
     masks = planted_token_masks(clip, design)
-    scores: dict[str, Any] = {"maps": {}, "pixel_maps": {}, "qk_peaks": {}, "motion_rank": None, "lambda2": {}}
+    scores: dict[str, Any] = {"grids": {}, "maps": {}, "pixel_maps": {}, "qk_peaks": {}, "motion_rank": None,
+                              "lambda2": {}}
+    grid = (design.token_frames, *design.token_grid)
     sampled = [0] + [design.temporal_compression * design.temporal_patch * f for f in range(1, design.token_frames)]
     for method, variable in trace.maps.data_vars.items():
         if variable.dims != ("concept", "frame", "y", "x"):
+            continue
+        scores["grids"][method] = tuple(variable.sizes[dim] for dim in ("frame", "y", "x"))
+        if scores["grids"][method] != grid:
+            for word in design.words:
+                scores["maps"][(method, word)] = scores["pixel_maps"][(method, word)] = (0.0, 0.0, 0.0)
             continue
         pixels = pixel_maps(variable, clip.num_frames)
         for word in design.words:
@@ -288,11 +296,14 @@ def planted_scores(pipe, analyses=None) -> dict[str, Any]:
         for word in design.words:
             y = diagnostics["surrogate_y"].sel(concept=word, layer=layer, head=head).values[:, -1]
             x = diagnostics["surrogate_x"].sel(concept=word, layer=layer, head=head).values[:, -1]
-            scores["qk_peaks"][word] = float(np.mean([masks[word][f, y[f], x[f]] for f in range(len(y))]))
+            mask = masks[word]
+            inside = [f < len(mask) and 0 <= y[f] < mask.shape[1] and 0 <= x[f] < mask.shape[2] and mask[f, y[f], x[f]]
+                      for f in range(len(y))]
+            scores["qk_peaks"][word] = float(np.mean(inside)) if len(y) == len(mask) else 0.0
     if design.motion is not None and "separation_chi" in trace.heads:
         layer, head = design.motion
         chi = trace.heads["separation_chi"].sel(layer=layer).mean("step").values
-        scores["motion_rank"] = int((chi > chi[head]).sum()) + 1
+        scores["motion_rank"] = int((np.delete(chi, head) >= chi[head]).sum()) + 1  # a tie is no win
     if "lambda2_layer" in trace.layers:
         values = trace.layers["lambda2_layer"]
         scores["lambda2"] = {int(layer): float(value) for layer, value in zip(values.layer.values, values.values)}

@@ -1,0 +1,320 @@
+"""Planted Stable Diffusion 3: ``StableDiffusion3Pipeline`` and ``SD3Transformer2DModel`` with hand-set weights.
+
+Geometry: one image (a video of one frame) at 64x64 pixels; the latent mapping compresses 4x in
+space and the patch is 2, so a token covers 8x8 pixels: 8x8 visual tokens. 3 joint blocks of 4
+heads of 32 channels (width 128), no q/k norm (SD3 "3"); the last block is ``context_pre_only``.
+No rotary: the only position signal is the positional embedding that ``pos_embed`` (PatchEmbed)
+adds to the visual tokens, and this design overwrites it (see "Positional code"). Prompt slots:
+16 CLIP rows then 16 T5 rows.
+
+Blocks (every adaptive-norm modulation is zero: the timestep and pooled-text embedders have zero
+weights, so ``temb = 0``, every shift, scale and gate is zero and the residual streams stay the
+input embeddings through every block; ``norm1``/``norm1_context`` are then plain LayerNorms):
+
+==========  ====================================================================================
+block 0     uniform: q = k = v = 0 in every head, visual and prompt streams alike
+block 1     head 1 localises ``red`` and ``blue``: q = k = (red-ness, blue-ness) of a token, read by
+            ``to_q``/``to_k`` from visual tokens and by ``add_q_proj``/``add_k_proj`` from prompt
+            and concept tokens, plus a visual self-match (positional code) so that tokens of no
+            planted colour attend to themselves; v = the visual red-ness and blue-ness
+block 2     identity (``context_pre_only``): every head matches each visual query with its own
+            key through the positional code; prompt and concept tokens attend among themselves
+            (a constant "sink" channel from the ``add_{q,k}_proj`` biases); v = 0
+==========  ====================================================================================
+
+Residual channels (each feature ``f`` written as the mirrored pair ``(+f, -f)``); the visual and
+prompt streams have their own projections (``to_*`` and ``add_*_proj``), so they share the channel
+meanings: ``0/1`` ballast ``+-B``, ``2/3`` red-ness (visual: share of the token's pixels that are
+red; prompt/concept: 1 for the word "red"), ``4/5`` blue-ness, ``6..37`` the positional code
+(visual tokens only: 16 features, each as a mirrored pair).
+
+Positional code: SD3's sincos table in ``pos_embed.pos_embed`` (``[1, M*M, width]`` for the
+``M = pos_embed_max_size`` grid, centre-cropped to the image's grid) is replaced by a table that
+is zero except in the positional channels: for the row and for the column of each position, and
+for each frequency ``w`` in :data:`POSITION_FREQUENCIES`, ``(cos w r, sin w r)``. Two codes
+dot to ``sum_w cos(w (r - r')) + sum_w cos(w (c - c'))``, largest (8) exactly at the same
+position and at least :func:`_axis_gap` lower one step or more off in either axis, anywhere in
+the ``M x M`` grid. The code's squared norm is the same at every position, so the LayerNorm's
+spread stays ballast-dominated and equal for all visual tokens. The colour features sit in
+channels the code leaves at zero.
+
+Head channels (``head_dim`` 32, no q/k norm, so no head ballast): ``0`` red-ness, ``1``
+blue-ness, ``2`` sink (prompt/concept tokens), ``16..31`` the positional code.
+
+Text encoders (all built in code, tokenizers as the adapter's tiny pipeline builds them):
+
+* CLIP-L and CLIP-G: ``CLIPTextModelWithProjection`` with one inert layer (zero weights: the
+  layer returns its input) and zero position embeddings, so the penultimate hidden state the
+  pipeline reads is the word embedding: a unit direction ``red`` (channel 0), ``blue`` (1) or
+  other (2) of width 8. The final LayerNorm and projection are zero: the pooled embeddings are 0.
+  The joint CLIP row is ``[CLIP-L | CLIP-G | 0]`` (width 32), so ``red`` is in channels 0 and 8.
+* T5: a ``T5EncoderModel`` with no layers whose word embeddings are unit directions in channels
+  16 (``red``), 17 (``blue``), 18 (other); T5's final RMS norm scales them by ``sqrt(32)``.
+
+``context_embedder`` turns either kind of row into red-ness and blue-ness 1 for the planted words.
+
+Scheduler: ``FlowMatchEulerDiscreteScheduler(shift=3.0)`` as SD3's; the design's renoise step (49
+of 50) has sigma 0.009, so the renoised clip keeps its colour fractions. ``proj_out`` is zero:
+the predicted velocity is 0 (a generation returns its starting noise).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from vidinterp.testing.latent import COLOR_CHANNELS, LATENT_CHANNELS, PlantedLatentMapping
+from vidinterp.testing.planted import PLANTED_WORDS, PlantedDesign, register_planted
+
+__all__ = ["planted_sd3"]
+
+HEADS, HEAD_DIM, LAYERS = 4, 32, 3
+WIDTH = HEADS * HEAD_DIM
+GEOMETRY = (1, 64, 64)
+SPATIAL, PATCH = 4, 2
+#: positional-embedding grid (tokens per side) the transformer accepts, and the native one
+POSITION_GRID, NATIVE_GRID = 16, GEOMETRY[1] // (SPATIAL * PATCH)
+UNIFORM, LOCALISING, IDENTITY = 0, 1, 2
+LOCALISING_HEAD = 1
+PROMPT = "a red square and a blue square"
+
+# residual channels
+BALLAST, RED, BLUE, POSITION = 0, 2, 4, 6
+RESIDUAL_BALLAST = 32.0
+#: the residual LayerNorm's spread: every token is dominated by the ballast, sqrt(2 B^2 / WIDTH)
+RESIDUAL_SPREAD = (2 * RESIDUAL_BALLAST**2 / WIDTH) ** 0.5
+# positional code: angular frequencies (radians per token) of each axis
+POSITION_FREQUENCIES = (math.pi / 2, math.pi / 4, math.pi / 8, math.pi / 16)
+POSITION_FEATURES = 2 * 2 * len(POSITION_FREQUENCIES)  # (row, column) x (cos, sin) x frequencies
+# head channels
+RED_HEAD, BLUE_HEAD, SINK_HEAD, POSITION_HEAD = 0, 1, 2, 16
+# text encoder channels: CLIP (each of CLIP-L, CLIP-G) and T5
+CLIP_DIM, TEXT_DIM, TEXT_LENGTH = 8, 32, 16
+CLIP_RED, CLIP_BLUE, CLIP_OTHER = 0, 1, 2
+T5_RED, T5_BLUE, T5_OTHER = 16, 17, 18
+
+
+def _design() -> PlantedDesign:
+    return PlantedDesign(
+        family="sd3", variant="3", words=dict(PLANTED_WORDS), localising=(LOCALISING, LOCALISING_HEAD), motion=None,
+        uniform_layer=UNIFORM, identity_layer=IDENTITY, geometry=GEOMETRY, token_cell=SPATIAL * PATCH,
+        temporal_compression=1, prompt=PROMPT,
+    )
+
+
+@register_planted("sd3")
+def planted_sd3(variant: str = "3"):
+    """Planted Stable Diffusion 3 pipeline (see the module docstring). ``variant``: ``"3"``
+    (no q/k norm, no dual attention)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    from vidinterp.adapters._mmdit import clip_word_tokenizer
+    from vidinterp.testing.tiny import word_tokenizer
+
+    if variant != "3":
+        raise ValueError(f"unknown planted SD3 variant {variant!r}; expected '3'")
+    transformer = SD3Transformer2DModel(
+        sample_size=GEOMETRY[1] // SPATIAL, patch_size=PATCH, in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS, num_layers=LAYERS, attention_head_dim=HEAD_DIM, num_attention_heads=HEADS,
+        joint_attention_dim=TEXT_DIM, caption_projection_dim=WIDTH, pooled_projection_dim=2 * CLIP_DIM,
+        pos_embed_max_size=POSITION_GRID,
+    ).eval()
+    tokenizer, tokenizer_2 = clip_word_tokenizer(TEXT_LENGTH), clip_word_tokenizer(TEXT_LENGTH)
+    tokenizer_3 = word_tokenizer(model_max_length=TEXT_LENGTH)
+    with torch.no_grad():
+        _plant(transformer)
+        text_encoder, text_encoder_2 = _clip_encoder(tokenizer), _clip_encoder(tokenizer_2)
+        text_encoder_3 = _t5_encoder(tokenizer_3)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=PlantedLatentMapping(spatial_compression=SPATIAL, temporal_compression=1).eval(),
+        text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.vidinterp_planted = _design()
+    return pipe
+
+
+# -------------------------------------------------------------------- text encoders
+def _word_directions(table: torch.Tensor, tokenizer, red: int, blue: int, other: int) -> None:
+    """Make every row of the embedding ``table`` ``[vocabulary, width]`` the unit vector of
+    channel ``other``, except the words ``red`` and ``blue``, which get their own channels."""
+    table.zero_()
+    table[:, other] = 1.0
+    for word, channel in (("red", red), ("blue", blue)):
+        index = tokenizer.convert_tokens_to_ids(word)
+        table[index] = 0.0
+        table[index, channel] = 1.0
+
+
+def _clip_encoder(tokenizer):
+    """An inert one-layer ``CLIPTextModelWithProjection`` of width :data:`CLIP_DIM`: every
+    weight is zero (the layer adds nothing to its input, the pooled output is 0) except the word
+    embeddings, unit directions ``red``, ``blue``, other. SD3 reads the penultimate hidden state,
+    which is then the word embedding itself."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    encoder = CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=CLIP_DIM, intermediate_size=CLIP_DIM, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=CLIP_DIM,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )).eval()
+    for parameter in encoder.parameters():
+        parameter.zero_()
+    _word_directions(encoder.text_model.embeddings.token_embedding.weight, tokenizer, CLIP_RED, CLIP_BLUE, CLIP_OTHER)
+    return encoder
+
+
+def _t5_encoder(tokenizer):
+    """A layer-free ``T5EncoderModel`` of width :data:`TEXT_DIM` whose word embeddings are unit
+    directions ``red``, ``blue``, other (channels 16-18, clear of the CLIP rows' channels 0-15);
+    its final RMS norm turns them into ``sqrt(TEXT_DIM)`` times the direction."""
+    from transformers import T5Config, T5EncoderModel
+
+    encoder = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=TEXT_DIM, num_layers=0, num_heads=4,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+    )).eval()
+    _word_directions(encoder.shared.weight, tokenizer, T5_RED, T5_BLUE, T5_OTHER)
+    encoder.encoder.final_layer_norm.weight.fill_(1.0)
+    return encoder
+
+
+# -------------------------------------------------------------------- positional code
+def _axis_code(size: int) -> torch.Tensor:
+    """``[size, 2 * len(POSITION_FREQUENCIES)]``: ``(cos w i, sin w i)`` of each index ``i`` of
+    one axis, for every frequency ``w`` of :data:`POSITION_FREQUENCIES` (radians per token)."""
+    angles = torch.arange(size, dtype=torch.float64)[:, None] * torch.tensor(POSITION_FREQUENCIES, dtype=torch.float64)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+def _position_code(size: int) -> torch.Tensor:
+    """``[size * size, POSITION_FEATURES]`` positional code of a ``size x size`` token grid
+    (row-major): the row's axis code then the column's (:func:`_axis_code`)."""
+    axis = _axis_code(size)
+    rows = axis[:, None].expand(size, size, -1)
+    columns = axis[None, :].expand(size, size, -1)
+    return torch.cat([rows, columns], dim=-1).reshape(size * size, POSITION_FEATURES)
+
+
+def _axis_gap(size: int) -> float:
+    """Smallest drop of one axis' code dot product away from the same index, ``min over 0 < d <
+    size of sum_w (1 - cos w d)``: two positions that differ in any axis score at least this much
+    less than a position with itself."""
+    code = _axis_code(size)
+    dots = code @ code.T
+    return float((dots.diagonal()[:, None] - dots).masked_fill(torch.eye(size, dtype=torch.bool), math.inf).min())
+
+
+# -------------------------------------------------------------------- the transformer
+def _mirror(weight: torch.Tensor, channel: int, values: torch.Tensor | float) -> None:
+    """Write ``values`` to row ``channel`` and ``-values`` to row ``channel + 1``."""
+    weight[channel] = values
+    weight[channel + 1] = -values
+
+
+def _reading(*channels: int) -> torch.Tensor:
+    """A ``[WIDTH]`` row reading the sum of the given mirrored residual features from the block's
+    LayerNorm output: ``(y_c - y_{c+1}) / 2`` cancels the norm's mean exactly, and the factor
+    :data:`RESIDUAL_SPREAD` undoes its division, so a feature of value 1 reads as 1."""
+    row = torch.zeros(WIDTH)
+    for channel in channels:
+        row[channel] += RESIDUAL_SPREAD / 2
+        row[channel + 1] -= RESIDUAL_SPREAD / 2
+    return row
+
+
+def _plant(transformer) -> None:
+    """Write every weight of ``transformer`` and its positional table (see the module docstring)."""
+    for parameter in transformer.parameters():
+        parameter.zero_()
+    _plant_embeddings(transformer)
+    blocks = transformer.transformer_blocks
+    colours = _static(RED_HEAD, _reading(RED), LOCALISING_LOGIT) + _static(BLUE_HEAD, _reading(BLUE), LOCALISING_LOGIT)
+    itself = _positional(SELF_LOGIT)
+    _plant_head(blocks[LOCALISING].attn, LOCALISING_HEAD, visual=colours + itself, prompt=colours,
+                value={RED_HEAD: _reading(RED), BLUE_HEAD: _reading(BLUE)})
+    for head in range(HEADS):
+        _plant_head(blocks[IDENTITY].attn, head, visual=_positional(POSITION_LOGIT), prompt_bias=_sink(), value={})
+
+
+def _plant_embeddings(transformer) -> None:
+    """Visual tokens: latent patch ``[channels, 2, 2]`` -> red-ness and blue-ness (share of the
+    patch), ballast from the bias, and the positional code in place of SD3's sincos table.
+    Prompt and concept rows: ``context_embedder`` reads red-ness and blue-ness from the CLIP
+    channels (mean of CLIP-L and CLIP-G) and the T5 channels, ballast from the bias."""
+    embed = transformer.pos_embed
+    proj = embed.proj.weight  # [WIDTH, LATENT_CHANNELS, PATCH, PATCH]
+    patch_share = torch.full((PATCH, PATCH), 1.0 / (PATCH**2 * PlantedLatentMapping().config.amplitude))
+    for channel, colour in ((RED, "red"), (BLUE, "blue")):
+        _mirror(proj[:, COLOR_CHANNELS.index(colour)], channel, patch_share)
+    _mirror(embed.proj.bias, BALLAST, RESIDUAL_BALLAST)
+    table = torch.zeros(POSITION_GRID**2, WIDTH)
+    code = _position_code(POSITION_GRID).float()
+    for feature in range(POSITION_FEATURES):
+        _mirror(table.T, POSITION + 2 * feature, code[:, feature])
+    embed.pos_embed.copy_(table.unsqueeze(0))
+
+    text = transformer.context_embedder.weight  # [WIDTH, TEXT_DIM]
+    for channel, clip, t5 in ((RED, CLIP_RED, T5_RED), (BLUE, CLIP_BLUE, T5_BLUE)):
+        reading = torch.zeros(TEXT_DIM)
+        reading[[clip, CLIP_DIM + clip]] = 0.5  # CLIP-L and CLIP-G side by side, each 1
+        reading[t5] = TEXT_DIM**-0.5  # T5's RMS norm: sqrt(TEXT_DIM)
+        _mirror(text, channel, reading)
+    _mirror(transformer.context_embedder.bias, BALLAST, RESIDUAL_BALLAST)
+
+
+def _static(channel: int, reading: torch.Tensor, logit: float) -> torch.Tensor:
+    """q or k rows ``[HEAD_DIM, WIDTH]`` putting ``g f`` in head channel ``channel``: two tokens
+    whose features are 1 score ``logit`` (after the ``1 / sqrt(head_dim)`` scale)."""
+    rows = torch.zeros(HEAD_DIM, WIDTH)
+    rows[channel] = (logit * HEAD_DIM**0.5) ** 0.5 * reading
+    return rows
+
+
+def _positional(logit: float) -> torch.Tensor:
+    """q = k rows ``[HEAD_DIM, WIDTH]`` of a visual self-match: ``g`` times the positional code in
+    head channels :data:`POSITION_HEAD` onwards. A visual query scores itself ``8 g^2 /
+    sqrt(head_dim)`` and every other visual key at least ``logit`` less (:func:`_axis_gap`)."""
+    gain = (logit * HEAD_DIM**0.5 / _axis_gap(POSITION_GRID)) ** 0.5
+    rows = torch.zeros(HEAD_DIM, WIDTH)
+    for feature in range(POSITION_FEATURES):
+        rows[POSITION_HEAD + feature] = gain * _reading(POSITION + 2 * feature)
+    return rows
+
+
+def _sink() -> torch.Tensor:
+    """q = k bias ``[HEAD_DIM]`` of prompt and concept tokens: a constant in the sink channel, so
+    they score ``SINK_LOGIT`` with each other and 0 with visual tokens."""
+    bias = torch.zeros(HEAD_DIM)
+    bias[SINK_HEAD] = (SINK_LOGIT * HEAD_DIM**0.5) ** 0.5
+    return bias
+
+
+def _plant_head(attn: nn.Module, head: int, *, visual: torch.Tensor, value: dict[int, torch.Tensor],
+                prompt: torch.Tensor | None = None, prompt_bias: torch.Tensor | None = None) -> None:
+    """Write one head of a joint attention: q = k rows ``[HEAD_DIM, WIDTH]`` of the visual stream
+    (``to_q``/``to_k``) and, where given, of the prompt stream, which the concept stream shares
+    (``add_q_proj``/``add_k_proj``: rows ``prompt``, bias ``prompt_bias`` ``[HEAD_DIM]``), and
+    visual value rows ``{head channel: reading}`` (``to_v``; prompt values stay 0)."""
+    rows = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
+    for linear in (attn.to_q, attn.to_k):
+        linear.weight[rows] = visual
+    for linear in (attn.add_q_proj, attn.add_k_proj):
+        if prompt is not None:
+            linear.weight[rows] = prompt
+        if prompt_bias is not None:
+            linear.bias[rows] = prompt_bias
+    for channel, reading in value.items():
+        attn.to_v.weight[head * HEAD_DIM + channel] = VALUE_GAIN * reading
+
+
+#: softmax logits (after the 1 / sqrt(head_dim) scale): two fully red tokens; the least gap
+#: between a visual token and itself and any other visual token in the localising head and in
+#: the identity heads; two prompt (or concept) tokens in the identity heads
+LOCALISING_LOGIT, SELF_LOGIT, POSITION_LOGIT, SINK_LOGIT = 12.0, 8.0, 6.0, 8.0
+#: value of a fully red (blue) token in the localising head
+VALUE_GAIN = 4.0
