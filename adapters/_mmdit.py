@@ -6,7 +6,7 @@ Both families have dual-stream ("joint") blocks with the same prompt-stream part
 ``attn.to_add_out``, ``norm2_context`` and ``ff_context``. This module holds
 
 * :class:`MMDiTConceptStream` and :func:`concept_attention`: the concept stream of those
-  blocks (METHODS.md, "Concept stream"), run with the prompt stream's weights;
+  blocks (docs/methods.md, "Concept stream"), run with the prompt stream's weights;
 * :class:`ImageMMDiTAdapter`: an image as a video of one frame (geometry, layout, VAE encoding
   with the pipeline's shift and scaling, the flow-matching schedule as the pipeline sets it,
   the transformer/block hooks);

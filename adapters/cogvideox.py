@@ -5,7 +5,7 @@ Token order of a joint-attention call: prompt tokens first (``T`` = the transfor
 ``F*h*w`` visual tokens, frame-major. Rotary (5B, 1.5) applies to visual q/k only. CFG runs in
 one batched call: rows ``[0, B/2)`` unconditional, ``[B/2, B)`` conditional.
 
-Concept stream (METHODS.md): concept tokens are projected by ``patch_embed.text_proj`` and
+Concept stream (docs/methods.md): concept tokens are projected by ``patch_embed.text_proj`` and
 updated in every block with the prompt stream's weights: the text half of ``norm1``/``norm2``
 modulation (shift, scale, gate), the shared q/k/v/out projections and q/k norms, and the shared
 feed-forward. They attend to concepts and visual tokens only; nothing attends to them.
@@ -33,6 +33,7 @@ from vidinterp.adapter import (
     word_pieces,
 )
 from vidinterp.layout import TokenLayout, causal_frame_spans
+from vidinterp.prompt_words import PromptWords, locate_prompt_words
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor, SiteSpec
@@ -212,6 +213,11 @@ class CogVideoXAdapter(Adapter):
 
     def concept_state(self, concepts: ConceptTokens, prompt: str | None) -> CogVideoXConceptStream:
         return CogVideoXConceptStream(self.transformer, concepts.embeddings)
+
+    def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> PromptWords:
+        """T5 tokens of the prompt, as the pipeline encodes it: the prompt sequence's first slots."""
+        return locate_prompt_words(self.pipe.tokenizer, prompt, concepts, reduction, max_length=self.max_text_length,
+                                   model="CogVideoX")
 
     # ---------------------------------------------------------------- geometry
     def default_geometry(self) -> tuple[int, int, int]:

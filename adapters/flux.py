@@ -13,7 +13,7 @@ batched CFG (``cfg_batched`` is False). With true CFG (``true_cfg_scale > 1`` an
 prompt) the pipeline calls the transformer twice per step, conditional first: the second call of a
 step is not analysed.
 
-Concept stream (METHODS.md): concepts are T5-encoded like the prompt (each alone, padded to the
+Concept stream (docs/methods.md): concepts are T5-encoded like the prompt (each alone, padded to the
 prompt's ``max_sequence_length``), projected by ``context_embedder`` and updated in the dual-stream
 blocks with the prompt stream's weights (``norm1_context``/``norm2_context`` modulation and
 gates, ``add_{q,k,v}_proj``, ``norm_added_{q,k}``, ``to_add_out``, ``ff_context``).
@@ -36,6 +36,7 @@ from torch.utils.hooks import RemovableHandle
 
 from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, joint_site_specs, reduce_concept_rows, word_pieces
 from vidinterp.layout import TokenLayout
+from vidinterp.prompt_words import PromptWords, locate_prompt_words
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor, SiteSpec
@@ -203,6 +204,11 @@ class FluxAdapter(ImageMMDiTAdapter):
         pieces = [parts for _, parts in ids_and_pieces]
         embeddings = reduce_concept_rows(hidden, positions, list(concepts), pieces, reduction)
         return ConceptTokens(list(concepts), embeddings, pieces, reduction)
+
+    def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> PromptWords:
+        """T5 tokens of the prompt (``tokenizer_2``): Flux's prompt sequence."""
+        return locate_prompt_words(self.pipe.tokenizer_2, prompt, concepts, reduction,
+                                   max_length=self.max_sequence_length, model="Flux")
 
     # ---------------------------------------------------------------- geometry
     @property

@@ -17,7 +17,7 @@ conditioning, and the pipeline never batches CFG branches. "True" CFG (``true_cf
 with a negative prompt) runs a second, separate transformer call per step inside
 ``transformer.cache_context("uncond")``; such calls are marked unconditional and not analysed.
 
-Concept stream (METHODS.md). Each concept is encoded like a prompt: wrapped in the pipeline's
+Concept stream (docs/methods.md). Each concept is encoded like a prompt: wrapped in the pipeline's
 prompt template, encoded by the Llama text encoder, cropped, and refined by the transformer's
 token refiner (``context_embedder``, which depends on the timestep, so it reruns at every
 transformer call); the refined rows of the concept's own tokens are reduced to one vector
@@ -98,8 +98,10 @@ class HunyuanVideoConceptStream:
         names: list[str],
         pieces: list[list[str]],
         reduction: ConceptReduction,
+        padding: int = 0,
     ) -> None:
         self.transformer = transformer
+        self.padding = padding
         self.prompt_embeds = prompt_embeds
         self.attention_mask = attention_mask
         self.positions = positions
@@ -118,7 +120,9 @@ class HunyuanVideoConceptStream:
         self._timestep = timestep
 
     def _refine(self, like: torch.Tensor) -> torch.Tensor:
-        """Concept embeddings after the token refiner: ``[conditional_batch, C, dim]``."""
+        """Concept embeddings after the token refiner, then ``padding`` zero rows (padded
+        concept slots enter the double-stream blocks as zero vectors): ``[conditional_batch,
+        C + padding, dim]``."""
         batch, count = self._timestep.shape[0], self.prompt_embeds.shape[0]
         embeds = self.prompt_embeds.to(device=like.device, dtype=like.dtype).repeat(batch, 1, 1)
         mask = self.attention_mask.to(device=like.device, dtype=like.dtype).repeat(batch, 1)
@@ -129,7 +133,8 @@ class HunyuanVideoConceptStream:
                 reduce_concept_rows(part, self.positions, self.names, self.pieces, self.reduction)
                 for part in refined.split(count)
             ]
-        return torch.stack(rows)
+        hidden = torch.stack(rows)
+        return torch.cat([hidden, hidden.new_zeros(batch, self.padding, hidden.shape[-1])], dim=1)
 
     def before_block(self, block: nn.Module, temb: torch.Tensor) -> None:
         """Prompt-stream input modulation of the concepts (``temb``: conditional rows)."""
@@ -402,7 +407,7 @@ class HunyuanVideoAdapter(Adapter):
         extras = concepts.extras
         return HunyuanVideoConceptStream(
             self.transformer, extras["prompt_embeds"], extras["prompt_attention_mask"], extras["positions"],
-            concepts.names, concepts.pieces, concepts.reduction,
+            concepts.names, concepts.pieces, concepts.reduction, padding=concepts.padding,
         )
 
     # ---------------------------------------------------------------- geometry

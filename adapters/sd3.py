@@ -14,7 +14,7 @@ observed) and are not updated. SD3.5's dual attention (``attn2`` in the blocks l
 ``dual_attention_layers``) is a visual-only self-attention next to the joint one; it is not a
 site (site names are one attention per block) and keeps its stock processor.
 
-Concept stream (METHODS.md): a concept is encoded alone exactly like a prompt through the joint
+Concept stream (docs/methods.md): a concept is encoded alone exactly like a prompt through the joint
 CLIP+T5 path, and its rows are the **CLIP rows** of its sub-tokens (positions ``1..k`` after
 BOS, CLIP-L and CLIP-G features side by side), as in ConceptAttention's SD3 code; they exist
 whether or not the pipeline has T5 (without T5 the T5 rows are zeros). The tokens are projected

@@ -21,11 +21,12 @@ points on the processor, outside the stable hook-name set: ``hook_image_k``/``ho
 sum), reachable as ``graph["blocks.3.cross_attn"].hook_image_k`` or by module path
 ``blocks.3.attn2.processor.hook_image_k``.
 
-No concept stream (METHODS.md, "Concept stream"): a concept must be a word (or run of words) of
-the prompt. :meth:`WanAdapter.concept_state` maps each concept to its token positions in the
-tokenized prompt; at every cross site the prompt keys and values at those positions, reduced
-over sub-tokens (``"first"`` or ``"mean"``), are the visit's concept tensors ``k``/``v``
-(``[cond_batch, heads, C, head_dim]``), so analyses reading ``("k", "concept")`` run unchanged.
+No concept stream (docs/methods.md, "Prompt-word concepts (Wan)"): a concept must be a word
+(or run of words) of the prompt. :meth:`WanAdapter.concept_state` maps each concept to its
+token positions in the tokenized prompt; at every cross site the prompt keys and values at
+those positions, reduced over sub-tokens (``"first"`` or ``"mean"``), are the visit's concept
+tensors ``k``/``v`` (``[cond_batch, heads, C, head_dim]``), so analyses reading
+``("k", "concept")`` run unchanged.
 
 CFG: the pipelines make two separate transformer calls per step, conditional first, then
 unconditional, with the same latents and timestep. A call that repeats the previous call's step
@@ -36,9 +37,7 @@ the processors skip all extra work in it (hook points still fire, so edits reach
 from __future__ import annotations
 
 import inspect
-import re
 import types
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -52,24 +51,20 @@ from vidinterp.adapter import (
     ConceptTokens,
     call_argument,
     call_hooks,
-    reduce_concept_rows,
     word_pieces,
 )
 from vidinterp.hooks import HookPoint
 from vidinterp.layout import TokenLayout, causal_frame_spans
+from vidinterp.prompt_words import PromptWords, locate_prompt_words
 from vidinterp.registry import register_adapter
 from vidinterp.runtime import Runtime
 from vidinterp.sites import SiteProcessor, SiteSpec
 
-__all__ = ["WanAdapter", "WanSiteProcessor", "WanPromptConcepts", "WAN_TEXT_CONTEXT"]
+__all__ = ["WanAdapter", "WanSiteProcessor", "WAN_TEXT_CONTEXT"]
 
 #: Text-context length the stock ``WanAttnProcessor`` assumes when it splits the image context
 #: off ``attn2``'s input (hard-coded there; image-to-video prompts must be encoded to it).
 WAN_TEXT_CONTEXT = 512
-
-#: A word of a prompt: letters/digits, optionally joined by an apostrophe or hyphen.
-_WORD = re.compile(r"\w+(?:['\u2019-]\w+)*")
-
 
 def _apply_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
     """The stock processor's rotary embedding on ``[batch, tokens, heads, head_dim]``
@@ -81,44 +76,6 @@ def _apply_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_si
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
     return out.type_as(hidden_states)
-
-
-@dataclass
-class WanPromptConcepts:
-    """Concepts as words of the prompt: the per-trace concept state of a Wan trace.
-
-    Attributes:
-        names: concept names, in order (``C`` of them).
-        prompt: the prompt as the pipeline tokenizes it (after its ``prompt_clean``).
-        words: the prompt's words, in order.
-        positions: token positions of each concept's sub-tokens in the tokenized prompt.
-        pieces: the tokenizer's pieces at those positions.
-        reduction: ``"first"`` or ``"mean"``.
-        weights: ``[C, n]`` float32 selection matrix over the first ``n`` prompt tokens (``n``
-            = last concept position + 1): row ``c`` is one-hot at concept ``c``'s first
-            sub-token (``"first"``) or uniform over its sub-tokens (``"mean"``).
-    """
-
-    names: list[str]
-    prompt: str
-    words: list[str]
-    positions: list[list[int]]
-    pieces: list[list[str]]
-    reduction: ConceptReduction
-    weights: torch.Tensor
-
-    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Prompt-token keys or values ``[batch, heads, T, head_dim]`` -> the concepts' rows,
-        reduced over sub-tokens: ``[batch, heads, C, head_dim]`` (float32 sum, cast back;
-        exact for ``"first"``)."""
-        needed = self.weights.shape[1]
-        if tensor.shape[2] < needed:
-            raise ValueError(
-                f"concept tokens reach prompt position {needed - 1}, but this call holds only "
-                f"{tensor.shape[2]} prompt tokens; encode the prompt with a longer max_sequence_length"
-            )
-        weights = self.weights.to(tensor.device)
-        return torch.einsum("ct,bhtd->bhcd", weights, tensor[:, :, :needed].float()).to(tensor.dtype)
 
 
 class WanSiteProcessor(SiteProcessor):
@@ -220,7 +177,7 @@ class WanSiteProcessor(SiteProcessor):
         prompt = {"prompt": slice(0, key.shape[2])}
         concept_tensors = {}
         if self.runtime.concepts_active:
-            state: WanPromptConcepts = self.runtime.concept_state
+            state: PromptWords = self.runtime.concept_state
             rows = self.runtime.layout.conditional_rows
             concept_tensors = {"k": state.gather(key[rows]), "v": state.gather(value[rows])}
         self.report(
@@ -318,62 +275,28 @@ class WanAdapter(Adapter):
         pieces = [word_pieces(self.pipe.tokenizer, concept)[1] for concept in concepts]
         return ConceptTokens(list(concepts), torch.zeros(len(concepts), 0), pieces, reduction)
 
-    def concept_state(self, concepts: ConceptTokens, prompt: str | None) -> WanPromptConcepts:
+    def concept_state(self, concepts: ConceptTokens, prompt: str | None) -> PromptWords:
         """Map each concept to its token positions in ``prompt`` as the pipeline tokenizes it
-        (cleaned, special tokens added, truncated to ``max_sequence_length``). A concept is
-        matched case-insensitively as a word or a run of words; its first occurrence counts.
+        (cleaned, special tokens added, truncated to ``max_sequence_length``); see
+        :func:`~vidinterp.prompt_words.locate_prompt_words`.
 
         Raises:
             ValueError: without a prompt, or naming the prompt's words when a concept is not
-                among them. Warns (as :func:`~vidinterp.adapter.reduce_concept_rows`) when a
-                concept covers several tokens.
+                among them.
         """
-        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
-
         names = list(concepts.names)
         if not prompt:
             raise ValueError(
                 f"Wan has no concept stream: concepts {names} must be words of the prompt, so a prompt "
                 f"is needed (trace(..., prompt=...) or hooked(..., prompt=...))"
             )
-        text = prompt_clean(prompt)
-        found = [(match.group(), match.start(), match.end()) for match in _WORD.finditer(text)]
-        words = [word for word, _, _ in found]
-        try:
-            encoding = self.pipe.tokenizer(text, add_special_tokens=True, truncation=True,
-                                           max_length=self.max_text_length, return_offsets_mapping=True)
-        except NotImplementedError as error:
-            raise TypeError(
-                f"mapping concepts to prompt tokens needs a fast tokenizer with offset mappings; "
-                f"{type(self.pipe.tokenizer).__name__} has none ({error})"
-            ) from None
-        offsets = encoding["offset_mapping"]
-        tokens = self.pipe.tokenizer.convert_ids_to_tokens(encoding["input_ids"])
-        positions, pieces = [], []
-        for name in names:
-            target = [word.lower() for word in _WORD.findall(name)]
-            span = next(
-                ((found[i][1], found[i + len(target) - 1][2]) for i in range(len(found) - len(target) + 1)
-                 if target and [word.lower() for word in words[i:i + len(target)]] == target),
-                None,
-            )
-            if span is None:
-                raise ValueError(
-                    f"concept {name!r} is not a word of the prompt {text!r}; Wan has no concept stream, "
-                    f"so concepts must be prompt words: {list(dict.fromkeys(words))}"
-                )
-            places = [index for index, (start, end) in enumerate(offsets)
-                      if end > start and start < span[1] and end > span[0]]
-            if not places:
-                raise ValueError(
-                    f"concept {name!r} lies beyond the {self.max_text_length} prompt tokens the pipeline keeps"
-                )
-            positions.append(places)
-            pieces.append([tokens[index] for index in places])
-        width = max(max(places) for places in positions) + 1
-        selection = torch.eye(width).expand(len(names), width, width)
-        weights = reduce_concept_rows(selection, positions, names, pieces, concepts.reduction)
-        return WanPromptConcepts(names, text, words, positions, pieces, concepts.reduction, weights)
+        return self.prompt_words(prompt, names, concepts.reduction)
+
+    def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> PromptWords:
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        return locate_prompt_words(self.pipe.tokenizer, prompt_clean(prompt), concepts, reduction,
+                                   max_length=self.max_text_length, model="Wan (no concept stream)")
 
     # ---------------------------------------------------------------- geometry
     def default_geometry(self) -> tuple[int, int, int]:

@@ -25,8 +25,9 @@ def frames_view(visual: torch.Tensor, frames: int) -> torch.Tensor:
 
 
 class MapAnalysis(Analysis):
-    """A map method: :meth:`visit_map` gives this visit's ``[C, P]`` float32 map; the result is
-    its mean over visits.
+    """A map method: :meth:`visit_map` gives this visit's ``[C, P]`` float32 map (one row per
+    concept slot: the concepts, then any padding slots); the result is its mean over visits,
+    for the concepts.
 
     Args:
         concept_softmax: ``"none"``; ``"per_visit"``: softmax over concepts of each (layer,
@@ -72,6 +73,8 @@ class MapAnalysis(Analysis):
         maps = self.total / self.count
         if self.concept_softmax == "final":
             maps = torch.softmax(maps, dim=0)
+        # the softmax runs over every concept slot; padding slots (concept_slots) are not returned
+        maps = maps[: len(self.context.concepts)]
         maps = maps.reshape(-1, layout.frames, layout.height, layout.width).cpu().numpy()
         return xr.Dataset(
             {self.name: (("concept", "frame", "y", "x"), maps)},

@@ -1,7 +1,7 @@
 """Separation scores for "motion heads": how well latent frames separate in a head's output space.
 
 Each latent frame is treated as a cluster of its ``h*w`` visual attention-output vectors ``o_x``
-(per head, per layer, per denoising step; see METHODS.md, "Motion heads: separation scores").
+(per head, per layer, per denoising step; see docs/methods.md, "Separation scores").
 Every function here scores **all batch rows and heads at once**, on the tensor's own device.
 
 Input convention (all functions)

@@ -2,7 +2,8 @@
 
 ``CAttn[c, p] = sum_h <o_c[c], o_x[p]>``: dot products of the per-head attention outputs of
 concept tokens and visual tokens before the output projection, summed over heads, averaged
-over the selected layers and steps; optional softmax over concepts (METHODS.md).
+over the selected layers and steps; optional softmax over concepts
+(docs/methods.md, "ConceptAttention").
 """
 
 from __future__ import annotations

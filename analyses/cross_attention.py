@@ -1,7 +1,7 @@
 """Cross-attention maps: how strongly each visual query matches each concept key.
 
 ``CA[c, p] = mean_h <q_x[p], k_c>`` per (layer, step), averaged over the selected layers and
-steps (METHODS.md, "Baseline maps"; CogVideoX reference: rotary-applied visual query times
+steps (docs/methods.md, "Cross attention"; CogVideoX reference: rotary-applied visual query times
 concept key, mean over heads). ``k_c`` is the concept-stream key, or the prompt keys of the
 concept's words for models without a stream (Wan).
 """

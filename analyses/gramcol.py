@@ -1,15 +1,15 @@
 """GramCol: spatial localisation from one column of the Gram matrix of visual outputs.
 
 Per head and latent frame, the column of the Gram matrix of the visual outputs ``o_x`` at the
-surrogate token of the concept (METHODS.md):
+surrogate token of the concept:
 
     GramCol[c, h, f, p] = <o_x[s(c, h, f)], o_x[p]>      for p in frame f
 
-Only the ``C x F`` surrogate columns are formed, never the ``P x P`` Gram matrix. Heads are
-reduced per visit (``normalize="none"``: mean over the selected heads, the paper's eq. 7;
-``normalize="concept_zscore"``: the official code's z-score of every (head, frame, position)
-entry across the concept axis, unbiased std + 1e-6, then a sum over heads), then the maps are
-averaged over the selected layers and steps.
+Only the ``C x F`` surrogate columns are formed, never the ``P x P`` Gram matrix. Per visit,
+the columns are optionally normalised (``normalize="concept_zscore"``: the official code's
+z-score of every (head, frame, position) entry across the concept-slot axis, unbiased std +
+1e-6), then reduced over the selected heads (``head_reduction="mean"``, the paper's eq. 7, or
+``"sum"``, the official code's ``imap``), then averaged over the selected layers and steps.
 """
 
 from __future__ import annotations
@@ -26,10 +26,12 @@ from vidinterp.analyses.surrogate import QKPeak, SurrogateSelector
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
 
-__all__ = ["GramCol", "gram_columns", "NORMALIZATIONS"]
+__all__ = ["GramCol", "gram_columns", "NORMALIZATIONS", "HEAD_REDUCTIONS"]
 
 NORMALIZATIONS = ("none", "concept_zscore")
 Normalization = Literal["none", "concept_zscore"]
+HEAD_REDUCTIONS = ("mean", "sum")
+HeadReduction = Literal["mean", "sum"]
 
 
 def gram_columns(outputs: torch.Tensor, positions: torch.Tensor, frames: int) -> torch.Tensor:
@@ -60,7 +62,8 @@ class GramCol(MapAnalysis):
         heads: head selector applied at every visit (default: all heads).
         surrogate: surrogate-token selector (default: QK peak per frame).
         normalize: ``"none"`` (paper) or ``"concept_zscore"`` (official code; needs >= 2
-            concepts, and makes each map depend on the other concepts).
+            concept slots, and makes each map depend on the other concepts).
+        head_reduction: ``"mean"`` (paper) or ``"sum"`` over the selected heads.
         concept_softmax, steps, layers: see :class:`~vidinterp.analyses._maps.MapAnalysis`.
     """
 
@@ -74,6 +77,7 @@ class GramCol(MapAnalysis):
         heads: HeadSelector | None = None,
         surrogate: SurrogateSelector | None = None,
         normalize: Normalization = "none",
+        head_reduction: HeadReduction = "mean",
         concept_softmax: ConceptSoftmax = "none",
         steps=None,
         layers=None,
@@ -81,18 +85,22 @@ class GramCol(MapAnalysis):
         super().__init__(concept_softmax=concept_softmax, steps=steps, layers=layers)
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if head_reduction not in HEAD_REDUCTIONS:
+            raise ValueError(f"head_reduction must be one of {HEAD_REDUCTIONS}, got {head_reduction!r}")
         self.heads = heads or AllHeads()
         self.surrogate = surrogate or QKPeak()
-        self.normalize = normalize
+        self.normalize, self.head_reduction = normalize, head_reduction
         self.requires = tuple(dict.fromkeys((("z", "visual"),) + self.surrogate.requires + self.heads.requires))
 
     def bind(self, context) -> None:
-        if self.normalize == "concept_zscore" and len(context.concepts) < 2:
+        if self.normalize == "concept_zscore" and context.concept_slots < 2:
             raise ValueError(
-                f"normalize='concept_zscore' needs at least 2 concepts (the unbiased std over one "
-                f"concept is undefined), got {context.concepts}"
+                f"normalize='concept_zscore' needs at least 2 concept slots (the unbiased std over one "
+                f"concept is undefined; the official code gives NaN), got {context.concepts}: add concepts "
+                f"or pad the concept stream (concept_slots=...)"
             )
         super().bind(context)
+        self.surrogate.bind(context)
 
     def reset(self) -> None:
         super().reset()
@@ -108,9 +116,8 @@ class GramCol(MapAnalysis):
         if self.normalize == "concept_zscore":
             mean = columns.mean(dim=2, keepdim=True)
             std = columns.std(dim=2, keepdim=True, unbiased=True)
-            heads_reduced = ((columns - mean) / (std + 1e-6)).sum(dim=1)
-        else:
-            heads_reduced = columns.mean(dim=1)
+            columns = (columns - mean) / (std + 1e-6)
+        heads_reduced = columns.sum(dim=1) if self.head_reduction == "sum" else columns.mean(dim=1)
         batch, concepts = heads_reduced.shape[:2]
         return heads_reduced.mean(dim=0).reshape(concepts, -1)
 
@@ -131,4 +138,4 @@ class GramCol(MapAnalysis):
 
     def settings(self) -> dict:
         return {**super().settings(), "heads": repr(self.heads), "surrogate": repr(self.surrogate),
-                "normalize": self.normalize}
+                "normalize": self.normalize, "head_reduction": self.head_reduction}

@@ -62,7 +62,8 @@ class HeadIndices(HeadSelector):
 
 class TopKHeads(HeadSelector):
     """The ``k`` heads with the best separation score of this visit's visual outputs ``o_x``
-    (latent frames as clusters; METHODS.md "Motion heads"), averaged over conditional rows."""
+    (latent frames as clusters; docs/methods.md, "Separation scores"), averaged over
+    conditional rows."""
 
     requires = (("z", "visual"),)
 

@@ -14,7 +14,7 @@ with a head selector and a layer selector; the paper's ablations are one express
 
 from __future__ import annotations
 
-from vidinterp.analyses.gramcol import GramCol, Normalization
+from vidinterp.analyses.gramcol import GramCol, HeadReduction, Normalization
 from vidinterp.analyses._maps import ConceptSoftmax
 from vidinterp.analyses.heads import HeadSelector, TopKHeads
 from vidinterp.analyses.surrogate import SurrogateSelector
@@ -50,6 +50,7 @@ class IMAP(GramCol):
         layers: LayerSelector | None = None,
         surrogate: SurrogateSelector | None = None,
         normalize: Normalization = "none",
+        head_reduction: HeadReduction = "mean",
         concept_softmax: ConceptSoftmax = "none",
         steps=None,
     ) -> None:
@@ -58,6 +59,7 @@ class IMAP(GramCol):
             layers=layers or default_layer_selector(),
             surrogate=surrogate,
             normalize=normalize,
+            head_reduction=head_reduction,
             concept_softmax=concept_softmax,
             steps=steps,
         )

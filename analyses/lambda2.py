@@ -2,9 +2,9 @@
 
 Each head's joint attention matrix ``A = softmax(q k^T / sqrt(d))`` over all tokens (visual +
 prompt) is the transition matrix of a Markov chain; ``|lambda2|``, the modulus of its second
-eigenvalue, scores the head, and a layer scores the mean over its heads (METHODS.md "Layer
-selection"). ``A`` is never formed: ``A v`` is an attention call with ``v`` as values, so a
-Krylov method needs only attention passes (:mod:`vidinterp.analyses.spectral`).
+eigenvalue, scores the head, and a layer scores the mean over its heads (docs/methods.md
+"Layer selection: lambda2"). ``A`` is never formed: ``A v`` is an attention call with ``v``
+as values, so a Krylov method needs only attention passes (:mod:`vidinterp.analyses.spectral`).
 
 Scores are a per-model calibration: :func:`calibrate_layers` computes them over a few prompts
 and steps and stores them as JSON; :class:`Lambda2Layers` reads them (or the reference layer
@@ -25,6 +25,7 @@ import xarray as xr
 from vidinterp.analyses._grid import RunningMeans, step_layer_grid
 from vidinterp.analyses.spectral import second_eigenvalue_magnitude
 from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.model_cards import MODEL_CARDS, lambda2_threshold, model_card
 from vidinterp.registry import register_analysis
 from vidinterp.selectors import LayerSelector
 from vidinterp.sites import SiteVisit
@@ -32,26 +33,12 @@ from vidinterp.sites import SiteVisit
 __all__ = [
     "Lambda2",
     "Lambda2Layers",
-    "REFERENCE_LAYERS",
-    "DEFAULT_THRESHOLDS",
     "calibrate_layers",
     "save_layer_scores",
     "load_calibration",
     "load_layer_scores",
     "calibration_path",
 ]
-
-#: Layer lists used by the official scripts (METHODS.md), by model id.
-REFERENCE_LAYERS: dict[str, list[int]] = {
-    "THUDM/CogVideoX-2b": [4, 6, 7, *range(10, 24)],
-    "THUDM/CogVideoX-5b": [*range(1, 6), *range(7, 22), 23],
-    "hunyuanvideo-community/HunyuanVideo": [1, 2, 4, 5, 6, 9, 10, 13, *range(15, 20)],
-    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": list(range(5, 20)),
-    "Wan-AI/Wan2.1-T2V-14B-Diffusers": list(range(5, 26)),
-}
-#: Thresholds of the paper, by family.
-DEFAULT_THRESHOLDS = {"cogvideox": 0.7, "hunyuan_video": 0.75}
-
 
 @register_analysis
 class Lambda2(Analysis):
@@ -182,7 +169,7 @@ class Lambda2Layers(LayerSelector):
     trace context's calibration, the stored calibration of the model (:func:`calibration_path`).
     ``threshold`` defaults to the trace calibration's ``"lambda2_threshold"`` when it has one,
     else the family's published value (0.7 CogVideoX, 0.75 HunyuanVideo). Without scores, the
-    model's reference layer list (:data:`REFERENCE_LAYERS`) is used, and otherwise
+    model's reference layer list (:mod:`vidinterp.model_cards`) is used, and otherwise
     ``fallback``: ``"all"`` layers or ``"error"``.
     """
 
@@ -199,18 +186,18 @@ class Lambda2Layers(LayerSelector):
         scores, self.source = self._find_scores(context)
         threshold = self.threshold
         if threshold is None:  # a calibration may come with the threshold it was made for
-            threshold = float(context.calibration.get("lambda2_threshold", self._default_threshold(context.model)))
+            threshold = float(context.calibration.get("lambda2_threshold", lambda2_threshold(context.model)))
         if scores is not None:
             self.layers = sorted(layer for layer, score in scores.items() if score > threshold)
-        elif context.model in REFERENCE_LAYERS:
-            self.layers, self.source = REFERENCE_LAYERS[context.model], f"reference list of {context.model}"
+        elif model_card(context.model) is not None:
+            self.layers, self.source = list(model_card(context.model).layers), f"reference list of {context.model}"
         elif self.fallback == "all":
             self.layers, self.source = None, "no calibration: all layers"
         else:
             raise ValueError(
                 f"no lambda2 layer scores for model {context.model!r}: run "
                 f"vidinterp.analyses.lambda2.calibrate_layers(pipe, prompts) or pass scores=...; "
-                f"reference lists exist for {sorted(REFERENCE_LAYERS)}"
+                f"reference lists exist for {sorted(MODEL_CARDS)}"
             )
 
     def _find_scores(self, context: TraceContext) -> tuple[dict[int, float] | None, str]:
@@ -224,14 +211,6 @@ class Lambda2Layers(LayerSelector):
         if stored is not None and stored.is_file():
             return load_layer_scores(stored), str(stored)
         return None, ""
-
-    @staticmethod
-    def _default_threshold(model: str) -> float:
-        lowered = model.lower()
-        for family, threshold in DEFAULT_THRESHOLDS.items():
-            if family.replace("_", "") in lowered.replace("_", "").replace("-", ""):
-                return threshold
-        return 0.7
 
     def selects(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers

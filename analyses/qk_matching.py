@@ -1,9 +1,10 @@
 """QK matching diagnostics: where each concept's surrogate token lands, per head.
 
 Records the surrogate token positions ``(concept, frame, layer, head, step) -> (y, x)`` chosen
-by a surrogate selector (default: the QK peak per frame, METHODS.md "QK matching"), for the
-first conditional row, and optionally the raw per-head QK maps ``<q_x[p], k_c> / sqrt(d)``
-averaged over steps (``keep_maps=True``; ``concept x layer x head x P`` floats).
+by a surrogate selector (default: the QK peak per frame; docs/methods.md, "QK-peak
+surrogates"), for the first conditional row, and optionally the raw per-head QK maps
+``<q_x[p], k_c> / sqrt(d)`` averaged over steps (``keep_maps=True``; ``concept x layer x head x
+P`` floats).
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ class QKMatching(Analysis):
         super().__init__(steps=steps, layers=layers)
         self.surrogate = surrogate or QKPeak()
         self.keep_maps = keep_maps
-        self.requires = tuple(dict.fromkeys(self.surrogate.requires + (("q", "visual"), ("k", "concept"))))
+        self.requires = tuple(dict.fromkeys(self.surrogate.requires + (("q", "visual"),)))
+
+    def bind(self, context) -> None:
+        super().bind(context)
+        self.surrogate.bind(context)
 
     def reset(self) -> None:
         self.positions: dict[tuple[int, int], torch.Tensor] = {}
@@ -43,7 +48,7 @@ class QKMatching(Analysis):
     def update(self, visit: SiteVisit) -> None:
         self.positions[(visit.step, visit.layer)] = self.surrogate.positions(visit)[0].permute(1, 2, 0).cpu()  # [C, F, H]
         if self.keep_maps:
-            scores = qk_scores(visit).mean(dim=0)  # [H, C, P]
+            scores = qk_scores(visit, self.surrogate.matched_keys(visit)).mean(dim=0)  # [H, slots, P]
             self.map_sums[visit.layer] = self.map_sums.get(visit.layer, 0) + scores
             self.map_counts[visit.layer] = self.map_counts.get(visit.layer, 0) + 1
 
@@ -57,8 +62,9 @@ class QKMatching(Analysis):
 
     def result(self) -> xr.Dataset:
         layout = self._require_visits()
-        grid, steps, layers = step_layer_grid(self.positions, fill=-1)  # [S, L, C, F, H]
-        grid = grid.transpose(2, 3, 1, 4, 0)  # [C, F, L, H, S]
+        named = len(self.context.concepts)  # padding slots (concept_slots) are not returned
+        grid, steps, layers = step_layer_grid(self.positions, fill=-1)  # [S, L, slots, F, H]
+        grid = grid.transpose(2, 3, 1, 4, 0)[:named]  # [C, F, L, H, S]
         frame_offset = (layout.tokens_per_frame * torch.arange(layout.frames)).numpy()[None, :, None, None, None]
         local = grid - frame_offset
         missing = grid < 0
@@ -69,6 +75,7 @@ class QKMatching(Analysis):
         dataset = xr.Dataset({"surrogate_y": y.where(~missing, -1), "surrogate_x": x.where(~missing, -1)}, coords=coords)
         if self.keep_maps:
             stacked = torch.stack([self.map_sums[layer] / self.map_counts[layer] for layer in sorted(self.map_sums)])
+            stacked = stacked[:, :, :named]  # [L, H, C, P]
             heads, concepts = stacked.shape[1], stacked.shape[2]
             maps = stacked.permute(2, 0, 1, 3).reshape(concepts, len(self.map_sums), heads, layout.frames, layout.height, layout.width)
             dataset["qk_map"] = xr.DataArray(

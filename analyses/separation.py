@@ -1,9 +1,10 @@
 """Separation scores of every head: how well a head's visual outputs separate latent frames.
 
 Each latent frame is a cluster of its ``h*w`` visual output vectors ``o_x`` (per head, layer,
-step). Scores (METHODS.md "Motion heads"): Calinski-Harabasz (``chi``), Davies-Bouldin (lower is
-better), Silhouette (euclidean, on a seeded subsample) and the Fisher ratio. All heads of a visit
-are scored at once on the model's device; results are ``(step, layer, head)``.
+step). Scores (docs/methods.md, "Separation scores"): Calinski-Harabasz (``chi``),
+Davies-Bouldin (lower is better), Silhouette (euclidean, on a seeded subsample) and the Fisher
+ratio. All heads of a visit are scored at once on the model's device; results are
+``(step, layer, head)``.
 """
 
 from __future__ import annotations

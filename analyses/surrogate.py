@@ -1,9 +1,11 @@
 """Surrogate tokens: which visual token stands in for a concept (QK-peak probing).
 
 ``QKPeak()`` picks, per concept, head and latent frame, the visual token whose query best
-matches the concept key: ``s(c, h, f) = argmax_{p in f} <q_x[p], k_c> / sqrt(d)`` (METHODS.md).
-``QKPeak(per="video")`` picks one token per video (Table 10); ``HiNorm()`` the visual token with
-the largest output norm per frame, whatever the concept (Table 9).
+matches the concept key: ``s(c, h, f) = argmax_{p in f} <q_x[p], k_c> / sqrt(d)``.
+``QKPeak(per="video")`` picks one token per video (IMAP paper, Table 10);
+``QKPeak(keys="prompt")`` matches the prompt key of the concept's word instead of the concept
+stream's key (an option of the official IMAP code); ``HiNorm()`` the visual token with the largest
+output norm per frame, whatever the concept (Table 9).
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from typing import Literal
 import torch
 
 from vidinterp.analyses._maps import frames_view
+from vidinterp.analysis import TraceContext
 from vidinterp.sites import SiteVisit
 
 __all__ = ["SurrogateSelector", "QKPeak", "HiNorm", "qk_scores"]
 
 
-def qk_scores(visit: SiteVisit) -> torch.Tensor:
-    """``<q_x[p], k_c> / sqrt(d)`` as ``[B, H, C, P]`` float32."""
+def qk_scores(visit: SiteVisit, key: torch.Tensor | None = None) -> torch.Tensor:
+    """``<q_x[p], k_c> / sqrt(d)`` as ``[B, H, C, P]`` float32; ``key`` ``[B, H, C, d]``
+    defaults to the concept keys."""
     query = visit.get("q", "visual").float()
-    key = visit.get("k", "concept").float()
+    key = visit.get("k", "concept").float() if key is None else key.float()
     return torch.einsum("bhpd,bhcd->bhcp", query, key) / query.shape[-1] ** 0.5
 
 
@@ -31,23 +35,52 @@ class SurrogateSelector:
 
     requires: tuple[tuple[str, str], ...] = ()
 
+    def bind(self, context: TraceContext) -> None:
+        """Read what the selector needs from the trace context before the first visit."""
+
+    def matched_keys(self, visit: SiteVisit) -> torch.Tensor:
+        """The keys a QK map of this selector compares visual queries with, one per concept
+        slot, ``[B, H, slots, d]`` (default: the concept keys)."""
+        return visit.get("k", "concept")
+
     def positions(self, visit: SiteVisit) -> torch.Tensor:
         raise NotImplementedError
 
 
 class QKPeak(SurrogateSelector):
     """QK-peak probing. ``per="frame"`` (default): one token per frame; ``"video"``: the single
-    best token of the whole video, used for every frame."""
+    best token of the whole video, used for every frame. ``keys="concept"`` (default): the
+    concept stream's keys; ``"prompt"``: the prompt key at the concept's word in the prompt
+    (its first sub-token, or the mean of its sub-tokens, as the trace's concept reduction);
+    zero-embedding padding slots (``concept_slots``) read the prompt key at their own slot
+    index, as the official code, which pads concepts and text to the same length."""
 
-    requires = (("q", "visual"), ("k", "concept"))
-
-    def __init__(self, per: Literal["frame", "video"] = "frame") -> None:
+    def __init__(self, per: Literal["frame", "video"] = "frame", keys: Literal["concept", "prompt"] = "concept") -> None:
         if per not in ("frame", "video"):
             raise ValueError(f"per must be 'frame' or 'video', got {per!r}")
-        self.per = per
+        if keys not in ("concept", "prompt"):
+            raise ValueError(f"keys must be 'concept' or 'prompt', got {keys!r}")
+        self.per, self.keys = per, keys
+        self.requires = (("q", "visual"), ("k", keys))
+        self.words = None
+        self.slots = 0
+
+    def bind(self, context: TraceContext) -> None:
+        if self.keys == "prompt":
+            self.words, self.slots = context.prompt_words(), context.concept_slots
+
+    def matched_keys(self, visit: SiteVisit) -> torch.Tensor:
+        if self.keys == "concept":
+            return visit.get("k", "concept")
+        prompt = visit.get("k", "prompt")
+        named = self.words.gather(prompt)
+        padding = prompt[:, :, named.shape[2]: self.slots]
+        if named.shape[2] + padding.shape[2] < self.slots:
+            raise ValueError(f"{self.slots} concept slots need as many prompt slots; this call has {prompt.shape[2]}")
+        return torch.cat([named, padding], dim=2)
 
     def positions(self, visit: SiteVisit) -> torch.Tensor:
-        scores = qk_scores(visit)  # [B, H, C, P]
+        scores = qk_scores(visit, self.matched_keys(visit))  # [B, H, C, P]
         frames = visit.layout.frames
         if self.per == "video":
             return scores.argmax(dim=-1, keepdim=True).expand(*scores.shape[:3], frames)
@@ -57,7 +90,7 @@ class QKPeak(SurrogateSelector):
         return local + torch.arange(frames, device=local.device) * per_frame
 
     def __repr__(self) -> str:
-        return f"QKPeak(per={self.per!r})"
+        return f"QKPeak(per={self.per!r}, keys={self.keys!r})"
 
 
 class HiNorm(SurrogateSelector):

@@ -24,54 +24,9 @@ from vidinterp.analysis import TraceContext
 from vidinterp.selectors import LayerIndices
 from vidinterp.testing import random_visit
 
+from oracles import brute_gramcol, brute_qk_peaks, numpy_parts, run
+
 CONCEPTS = ["dog", "walking", "grass"]
-
-
-def run(analysis, visits, concepts=CONCEPTS, num_layers=4):
-    analysis.bind(TraceContext(concepts=concepts, num_layers=num_layers, num_inference_steps=10))
-    for visit in visits:
-        analysis.observe(visit)
-    return analysis.result()
-
-
-def numpy_parts(visit):
-    """Conditional-row numpy arrays of one visit: q_x, o_x [B,H,P,d]; k_c, o_c [B,H,C,d]."""
-    return (visit.get("q", "visual").double().numpy(), visit.get("z", "visual").double().numpy(),
-            visit.get("k", "concept").double().numpy(), visit.get("z", "concept").double().numpy())
-
-
-def brute_qk_peaks(q, k, frames):
-    """s[b, h, c, f] by explicit loops over frames (global token index)."""
-    batch, heads, tokens, dim = q.shape
-    n = tokens // frames
-    peaks = np.zeros((batch, heads, k.shape[2], frames), dtype=int)
-    for b in range(batch):
-        for h in range(heads):
-            for c in range(k.shape[2]):
-                for f in range(frames):
-                    scores = [q[b, h, p] @ k[b, h, c] / np.sqrt(dim) for p in range(f * n, (f + 1) * n)]
-                    peaks[b, h, c, f] = f * n + int(np.argmax(scores))
-    return peaks
-
-
-def brute_gramcol(o, peaks, frames, heads, zscore=False):
-    """Full Gram matrix per head, then the surrogate column inside each frame -> [C, P]."""
-    batch, _, tokens, _ = o.shape
-    n = tokens // frames
-    per_head = []
-    for h in heads:
-        maps = np.zeros((batch, peaks.shape[2], tokens))
-        for b in range(batch):
-            gram = o[b, h] @ o[b, h].T  # P x P: fine for an oracle
-            for c in range(peaks.shape[2]):
-                for f in range(frames):
-                    maps[b, c, f * n:(f + 1) * n] = gram[peaks[b, h, c, f], f * n:(f + 1) * n]
-        per_head.append(maps)
-    stacked = np.stack(per_head, axis=1)  # [B, h, C, P]
-    if zscore:
-        stacked = (stacked - stacked.mean(axis=2, keepdims=True)) / (stacked.std(axis=2, ddof=1, keepdims=True) + 1e-6)
-        return stacked.sum(axis=1).mean(axis=0)
-    return stacked.mean(axis=1).mean(axis=0)
 
 
 def test_cross_attention_matches_formula():
@@ -113,18 +68,21 @@ def test_qk_peak_and_hinorm_positions():
 
 
 @pytest.mark.parametrize("normalize", ["none", "concept_zscore"])
-def test_gramcol_matches_full_gram_matrix(normalize):
+@pytest.mark.parametrize("head_reduction", ["mean", "sum"])
+def test_gramcol_matches_full_gram_matrix(normalize, head_reduction):
     visits = [random_visit(batch=2, heads=3, seed=s, layer=s, concepts=3) for s in range(2)]
-    result = run(GramCol(normalize=normalize), visits)["gramcol"].values.reshape(3, -1)
+    gramcol = GramCol(normalize=normalize, head_reduction=head_reduction)
+    result = run(gramcol, visits)["gramcol"].values.reshape(3, -1)
     expected = []
     for visit in visits:
         q, o, k, _ = numpy_parts(visit)
-        expected.append(brute_gramcol(o, brute_qk_peaks(q, k, 3), 3, range(3), zscore=normalize == "concept_zscore"))
+        expected.append(brute_gramcol(o, brute_qk_peaks(q, k, 3), 3, range(3), zscore=normalize == "concept_zscore",
+                                      head_reduction=head_reduction))
     np.testing.assert_allclose(result, np.mean(expected, axis=0), rtol=1e-5, atol=1e-4)
 
 
 def test_concept_zscore_needs_two_concepts():
-    with pytest.raises(ValueError, match="needs at least 2 concepts"):
+    with pytest.raises(ValueError, match="needs at least 2 concept slots"):
         run(GramCol(normalize="concept_zscore"), [random_visit(concepts=1)], concepts=["dog"])
 
 
@@ -223,13 +181,14 @@ def test_paper_table2_rows_are_one_expression_each():
 
 
 def test_lambda2_layers_sources(tmp_path, monkeypatch):
-    from vidinterp.analyses.lambda2 import REFERENCE_LAYERS, load_layer_scores, save_layer_scores
+    from vidinterp.analyses.lambda2 import load_layer_scores, save_layer_scores
+    from vidinterp.model_cards import model_card
 
     context = TraceContext(concepts=["a"], num_layers=42, num_inference_steps=50, model="THUDM/CogVideoX-5b")
     selector = Lambda2Layers()
     monkeypatch.setenv("VIDINTERP_CACHE", str(tmp_path))
     selector.bind(context)
-    assert [l for l in range(42) if selector.selects(l)] == REFERENCE_LAYERS["THUDM/CogVideoX-5b"]
+    assert [l for l in range(42) if selector.selects(l)] == list(model_card("THUDM/CogVideoX-5b").layers)
     path = save_layer_scores({0: 0.8, 1: 0.6, 2: 0.71}, "THUDM/CogVideoX-5b")
     assert load_layer_scores(path) == {0: 0.8, 1: 0.6, 2: 0.71}
     selector.bind(context)  # the stored calibration now wins over the reference list

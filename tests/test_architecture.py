@@ -1,4 +1,5 @@
-"""Layering rules of DESIGN.md: the core knows no model; adapters and analyses register."""
+"""Layering rules of docs/architecture.md: the core knows no model; adapters and analyses
+register."""
 
 from __future__ import annotations
 
@@ -42,5 +43,5 @@ def test_every_adapter_and_analysis_file_registers_itself():
     adapters = {path.stem for path in (ROOT / "adapters").glob("[!_]*.py")}
     assert {cls.__module__.rsplit(".", 1)[1] for cls in vidinterp.adapter_classes().values()} == adapters
     analyses = {cls.__module__.rsplit(".", 1)[1] for cls in vidinterp.analysis_classes().values()}
-    helpers = {"cluster_scores", "spectral", "heads", "surrogate"}  # selector and kernel modules
+    helpers = {"cluster_scores", "spectral", "heads", "surrogate", "official_imap"}  # selectors, kernels, presets
     assert analyses | helpers == {path.stem for path in (ROOT / "analyses").glob("[!_]*.py")}

@@ -72,3 +72,22 @@ def test_timestep_sampling_stays_in_range_and_logit_normal_favours_mid_noise():
     assert abs(mid(uniform) - 0.5) < 0.02
     # P(|N(0, 1)| < logit(0.75) = 1.0986) = 0.7281
     assert abs(mid(logit) - 0.728) < 0.02
+
+
+def test_planted_benchmark_writes_the_table_of_known_answers(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("planted_benchmark", SCRIPT.with_name("planted.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", ["planted.py", "--out", str(tmp_path / "planted")])
+    module.main()
+    result = json.loads((tmp_path / "planted.json").read_text())
+    assert set(result) == {"cogvideox", "flux", "hunyuan_video", "sd3", "wan"}
+    for family, answers in result.items():
+        assert {row["resolution"] for row in answers["maps"]} == {"token", "pixel"}
+        assert all(row["pointing"] == 1.0 and row["worst_iou"] >= 0.9 for row in answers["maps"]), family
+        assert answers["motion_rank"] in (1, None)
+        roles = {role: answers["lambda2"][layer] for layer, role in answers["roles"].items()}
+        assert roles["identity"] > 0.95 and roles["uniform"] < 0.05
+    rows = sum(len(answers["maps"]) for answers in result.values())
+    # the map rows, then the second table's header and one row per family
+    assert (tmp_path / "planted.md").read_text().count("\n| ") == rows + 1 + len(result)

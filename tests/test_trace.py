@@ -175,3 +175,15 @@ def test_same_call_returns_maps_for_every_family():
         assert "cross_attention" in trace.maps and "gramcol" in trace.maps, family
         assert trace.maps.cross_attention.dims == ("concept", "frame", "y", "x"), family
         assert np.isfinite(trace.maps.gramcol.values).all(), family
+
+
+def test_two_analyses_with_one_name_are_refused_and_renamed_instances_both_return(pipe):
+    from vidinterp.analyses.imap import IMAP
+
+    with pytest.raises(ValueError, match=r"distinct names.*\['imap'\].*analysis.name = 'imap_k3'"):
+        vidinterp.trace(pipe, prompt="a dog", concepts=["dog"], num_inference_steps=2, analyses=[IMAP(), IMAP(k=1)])
+    renamed = IMAP(k=1)
+    renamed.name = "imap_k1"
+    trace = vidinterp.trace(pipe, prompt="a dog", concepts=["dog"], num_inference_steps=2, analyses=[IMAP(), renamed])
+    assert {"imap", "imap_k1"} <= set(trace.maps.data_vars)
+    assert not np.allclose(trace.maps["imap"].values, trace.maps["imap_k1"].values)

@@ -230,12 +230,12 @@ def test_unconditional_calls_are_neither_analysed_nor_slowed(monkeypatch):
     """CFG runs two transformer calls per step; only the conditional one is visited (once per
     site), it carries the prompt's (not the negative prompt's) keys, and the processors gather
     no concept tensors in the unconditional call."""
-    from vidinterp.adapters.wan import WanPromptConcepts
+    from vidinterp.prompt_words import PromptWords
 
     pipe = _pipe()
     gathers = []
-    original_gather = WanPromptConcepts.gather
-    monkeypatch.setattr(WanPromptConcepts, "gather",
+    original_gather = PromptWords.gather
+    monkeypatch.setattr(PromptWords, "gather",
                         lambda self, tensor: gathers.append(1) or original_gather(self, tensor))
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))

@@ -7,11 +7,12 @@ the adapter conformance suite in ``tests/test_adapter_conformance.py`` unchanged
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from torch.utils.hooks import RemovableHandle
 
 from vidinterp.layout import TokenLayout
 from vidinterp.runtime import Runtime
+
+if TYPE_CHECKING:
+    from vidinterp.prompt_words import PromptWords
 from vidinterp.sites import SiteProcessor, SiteSpec
 
 __all__ = [
@@ -48,6 +52,8 @@ class ConceptTokens:
         pieces: the tokenizer's pieces of each concept (without special tokens).
         reduction: ``"first"`` (first sub-token, reference parity) or ``"mean"``.
         extras: model-specific companions (e.g. pooled embeddings).
+        padding: zero-embedding slots after the concepts (:meth:`padded`); ``embeddings`` has
+            ``len(names) + padding`` rows.
     """
 
     names: list[str]
@@ -55,6 +61,17 @@ class ConceptTokens:
     pieces: list[list[str]]
     reduction: ConceptReduction
     extras: dict[str, Any] | None = None
+    padding: int = 0
+
+    def padded(self, slots: int) -> "ConceptTokens":
+        """A copy whose concept stream runs ``slots`` rows: the concepts, then zero embeddings
+        (the official IMAP code pads concepts to the text length, so real concepts also attend
+        to the padding rows)."""
+        extra = slots - len(self.names)
+        if extra < 0:
+            raise ValueError(f"concept_slots={slots} is fewer than the {len(self.names)} concepts {self.names}")
+        zeros = self.embeddings.new_zeros(extra, *self.embeddings.shape[1:])
+        return dataclasses.replace(self, embeddings=torch.cat([self.embeddings[: len(self.names)], zeros]), padding=extra)
 
 
 def word_pieces(tokenizer, text: str) -> tuple[list[int], list[str]]:
@@ -270,6 +287,12 @@ class Adapter(ABC):
         in the layout :meth:`encode_video` returns and :meth:`denoiser` takes (default: the
         same layout)."""
         return latents
+
+    def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> "PromptWords":
+        """Each concept located among the prompt tokens of a call (positions in the
+        transformer's prompt sequence; :func:`~vidinterp.prompt_words.locate_prompt_words`), for
+        QK matching against prompt keys and for families whose concepts are prompt words."""
+        raise NotImplementedError(f"locating concepts among the prompt tokens is not implemented for {self.family}")
 
     def cfg_batched(self, guidance_scale: float) -> bool:
         """Whether the pipeline batches CFG branches in one call (unconditional rows first)

@@ -1,8 +1,9 @@
 """Scores of saliency maps against exact ground-truth masks (numpy, model-agnostic).
 
-Conventions (METHODS.md, "Evaluation"): a map is binarised per frame by min-max normalising it
-and thresholding at its mean; segmentation quality is the *correct* foreground/background mIoU
-(the mean of the two classes' IoUs, not ConceptAttention's ``acc / (2 - acc)``). AUROC is the
+Conventions (docs/methods.md, "Evaluation metrics"): a map is binarised per frame by min-max
+normalising it and thresholding at its mean; segmentation quality is the *correct*
+foreground/background mIoU (the mean of the two classes' IoUs, not ConceptAttention's
+``acc / (2 - acc)``). AUROC is the
 Mann-Whitney statistic with ties counted one half, so a map that does not rank the named
 object's pixels above another object's scores 0.5.
 """

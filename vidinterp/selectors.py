@@ -69,7 +69,7 @@ class StepIndices(StepSelector):
 
 class LateSteps(StepSelector):
     """Skips the first ``skip_fraction`` of the schedule: early, near-noise steps give blurry
-    maps with memorisation artefacts (METHODS.md, "Timesteps and modes")."""
+    maps with memorisation artefacts (docs/methods.md, "Steps and modes")."""
 
     def __init__(self, skip_fraction: float = 0.3) -> None:
         if not 0.0 <= skip_fraction < 1.0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 from contextlib import ExitStack
 from os import PathLike
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Literal
 
 import numpy as np
 import torch
@@ -46,6 +46,13 @@ def _checked_analyses(analyses: Iterable[Analysis] | None, adapter: Adapter, fra
     analyses = list(analyses)
     if not analyses:
         raise ValueError("analyses must hold at least one analysis; got an empty list")
+    names = [analysis.name for analysis in analyses]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(
+            f"analyses must have distinct names (results are keyed by name); {repeated} appear more than once: "
+            f"give each instance its own name, e.g. analysis.name = '{repeated[0]}_k3'"
+        )
     kinds = {spec.kind for spec in adapter.site_specs()}
     for analysis in analyses:
         if not kinds & set(analysis.site_kinds):
@@ -59,6 +66,20 @@ def _checked_analyses(analyses: Iterable[Analysis] | None, adapter: Adapter, fra
                 f"this video has {frames}"
             )
     return analyses
+
+
+def _concept_slots(adapter: Adapter, requested: int | str | None, concepts: int, geometry: tuple) -> int:
+    """The number of concept-stream slots of a trace (see ``trace``'s ``concept_slots``)."""
+    if requested is None:
+        return concepts
+    if requested == "text_length":
+        requested = adapter.layout_for(*geometry).prompt_tokens
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < concepts:
+        raise ValueError(f"concept_slots must be 'text_length' or an integer >= the {concepts} concepts, got {requested!r}")
+    if requested > concepts and not adapter.has_concept_stream:
+        raise ValueError(f"{adapter.family} has no concept stream (concepts are prompt words): its concept slots "
+                         f"cannot be padded; leave concept_slots unset")
+    return requested
 
 
 def _default_guidance(pipe) -> float:
@@ -84,6 +105,7 @@ def trace(
     width: int | None = None,
     resample: bool = False,
     concept_reduction: ConceptReduction = "first",
+    concept_slots: int | Literal["text_length"] | None = None,
     hooks: dict[str, Callable] | None = None,
     pipeline_kwargs: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -108,6 +130,11 @@ def trace(
         analyses: analyses to run (default: every registered default analysis).
         steps: schedule indices to analyse (generation mode).
         concept_reduction: ``"first"`` sub-token (reference) or ``"mean"`` of sub-tokens.
+        concept_slots: run the concept stream with this many slots: the concepts, then zero
+            embeddings (``"text_length"``: as many as prompt tokens, the official IMAP code's
+            convention, in which real concepts also attend to the padding rows and z-scores and
+            softmaxes run over every slot). Results keep the named concepts only. Default: no
+            padding.
         hooks: ``{hook name: torch forward hook}`` registered on hook points for the run
             (e.g. ``{"blocks.3.attn.hook_z": ablate}``), removed afterwards.
         pipeline_kwargs: extra inputs for ``pipe(...)`` in generation mode (e.g. ``image=`` for
@@ -161,6 +188,9 @@ def trace(
             )
 
     concept_tokens = adapter.encode_concepts(names, concept_reduction)
+    slots = _concept_slots(adapter, concept_slots, len(names), geometry)
+    if slots > len(names):
+        concept_tokens = concept_tokens.padded(slots)
     context = TraceContext(
         concepts=names,
         num_layers=len({spec.layer for spec in adapter.site_specs()}),
@@ -168,6 +198,8 @@ def trace(
         timesteps=[float(t) for t in timesteps],
         model=adapter.model_name,
         calibration=dict(getattr(pipe, CALIBRATION_ATTRIBUTE, None) or {}),
+        concept_slots=slots,
+        locate_prompt_words=(lambda: adapter.prompt_words(prompt, names, concept_reduction)) if prompt else None,
     )
     for analysis in analyses:
         analysis.bind(context)
@@ -194,6 +226,7 @@ def trace(
         "prompt": prompt or "",
         "concepts": ", ".join(names),
         "concept_reduction": concept_reduction,
+        "concept_slots": slots,
         "num_inference_steps": num_inference_steps,
         "analysed_steps": list(runtime.visited_steps),
         "guidance_scale": guidance,

@@ -12,9 +12,9 @@ Encoding pixels ``x`` in ``[-1, 1]`` (video ``[B, 3, F, H, W]`` or image ``[B, 3
    ``k*l - k + 1 .. k*l`` that the latent frame stands for (``k`` = ``temporal_compression``);
    ``F`` must be ``k * n + 1``;
 3. space: each latent cell is the mean over its ``s x s`` pixels (``s`` = ``spatial_compression``);
-4. channels (``LATENT_CHANNELS`` = 8), each times ``amplitude``: the fraction of the cell's
-   pixels of each palette colour in :data:`COLOR_CHANNELS` order (6 channels), the occupancy
-   (fraction of non-background pixels), and a *clock* ``clock_step * l / amplitude`` that tells
+4. channels (``LATENT_CHANNELS`` = 8): ``amplitude`` times the fraction of the cell's pixels of
+   each palette colour in :data:`COLOR_CHANNELS` order (6 channels), ``amplitude`` times the
+   occupancy (fraction of non-background pixels), and a *clock* ``clock_step * l`` that tells
    latent frames apart (0 for images).
 
 Decoding repeats each latent frame over its pixel span, upsamples each cell to ``s x s`` pixels

@@ -65,7 +65,8 @@ import math
 import torch
 from torch import nn
 
-from vidinterp.testing.latent import COLOR_CHANNELS, LATENT_CHANNELS, PlantedLatentMapping
+from vidinterp.testing import weights
+from vidinterp.testing.latent import LATENT_CHANNELS, PlantedLatentMapping
 from vidinterp.testing.planted import PLANTED_WORDS, PlantedDesign, register_planted
 
 __all__ = ["planted_sd3"]
@@ -74,17 +75,15 @@ HEADS, HEAD_DIM, LAYERS = 4, 32, 3
 WIDTH = HEADS * HEAD_DIM
 GEOMETRY = (1, 64, 64)
 SPATIAL, PATCH = 4, 2
-#: positional-embedding grid (tokens per side) the transformer accepts, and the native one
-POSITION_GRID, NATIVE_GRID = 16, GEOMETRY[1] // (SPATIAL * PATCH)
+#: positional-embedding grid (tokens per side) the transformer accepts (the native grid is 8x8)
+POSITION_GRID = 16
 UNIFORM, LOCALISING, IDENTITY = 0, 1, 2
 LOCALISING_HEAD = 1
 PROMPT = "a red square and a blue square"
 
 # residual channels
 BALLAST, RED, BLUE, POSITION = 0, 2, 4, 6
-RESIDUAL_BALLAST = 32.0
-#: the residual LayerNorm's spread: every token is dominated by the ballast, sqrt(2 B^2 / WIDTH)
-RESIDUAL_SPREAD = (2 * RESIDUAL_BALLAST**2 / WIDTH) ** 0.5
+RESIDUAL = weights.ResidualStream(WIDTH)
 # positional code: angular frequencies (radians per token) of each axis
 POSITION_FREQUENCIES = (math.pi / 2, math.pi / 4, math.pi / 8, math.pi / 16)
 POSITION_FEATURES = 2 * 2 * len(POSITION_FREQUENCIES)  # (row, column) x (cos, sin) x frequencies
@@ -94,14 +93,6 @@ RED_HEAD, BLUE_HEAD, SINK_HEAD, POSITION_HEAD = 0, 1, 2, 16
 CLIP_DIM, TEXT_DIM, TEXT_LENGTH = 8, 32, 16
 CLIP_RED, CLIP_BLUE, CLIP_OTHER = 0, 1, 2
 T5_RED, T5_BLUE, T5_OTHER = 16, 17, 18
-
-
-def _design() -> PlantedDesign:
-    return PlantedDesign(
-        family="sd3", variant="3", words=dict(PLANTED_WORDS), localising=(LOCALISING, LOCALISING_HEAD), motion=None,
-        uniform_layer=UNIFORM, identity_layer=IDENTITY, geometry=GEOMETRY, token_cell=SPATIAL * PATCH,
-        temporal_compression=1, prompt=PROMPT,
-    )
 
 
 @register_planted("sd3")
@@ -126,7 +117,8 @@ def planted_sd3(variant: str = "3"):
     with torch.no_grad():
         _plant(transformer)
         text_encoder, text_encoder_2 = _clip_encoder(tokenizer), _clip_encoder(tokenizer_2)
-        text_encoder_3 = _t5_encoder(tokenizer_3)
+        # T5 rows: channels 16-18, clear of the CLIP rows' channels 0-15
+        text_encoder_3 = weights.layer_free_t5(tokenizer_3, TEXT_DIM, {"red": T5_RED, "blue": T5_BLUE}, T5_OTHER)
     pipe = StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=PlantedLatentMapping(spatial_compression=SPATIAL, temporal_compression=1).eval(),
@@ -134,22 +126,15 @@ def planted_sd3(variant: str = "3"):
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
     )
     pipe.set_progress_bar_config(disable=True)
-    pipe.vidinterp_planted = _design()
+    pipe.vidinterp_planted = PlantedDesign(
+        family="sd3", variant="3", words=dict(PLANTED_WORDS), localising=(LOCALISING, LOCALISING_HEAD), motion=None,
+        uniform_layer=UNIFORM, identity_layer=IDENTITY, geometry=GEOMETRY, token_cell=SPATIAL * PATCH,
+        temporal_compression=1, prompt=PROMPT,
+    )
     return pipe
 
 
 # -------------------------------------------------------------------- text encoders
-def _word_directions(table: torch.Tensor, tokenizer, red: int, blue: int, other: int) -> None:
-    """Make every row of the embedding ``table`` ``[vocabulary, width]`` the unit vector of
-    channel ``other``, except the words ``red`` and ``blue``, which get their own channels."""
-    table.zero_()
-    table[:, other] = 1.0
-    for word, channel in (("red", red), ("blue", blue)):
-        index = tokenizer.convert_tokens_to_ids(word)
-        table[index] = 0.0
-        table[index, channel] = 1.0
-
-
 def _clip_encoder(tokenizer):
     """An inert one-layer ``CLIPTextModelWithProjection`` of width :data:`CLIP_DIM`: every
     weight is zero (the layer adds nothing to its input, the pooled output is 0) except the word
@@ -157,29 +142,13 @@ def _clip_encoder(tokenizer):
     which is then the word embedding itself."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    encoder = CLIPTextModelWithProjection(CLIPTextConfig(
+    encoder = weights.zero_parameters(CLIPTextModelWithProjection(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=CLIP_DIM, intermediate_size=CLIP_DIM, num_hidden_layers=1,
         num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length, projection_dim=CLIP_DIM,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )).eval()
-    for parameter in encoder.parameters():
-        parameter.zero_()
-    _word_directions(encoder.text_model.embeddings.token_embedding.weight, tokenizer, CLIP_RED, CLIP_BLUE, CLIP_OTHER)
-    return encoder
-
-
-def _t5_encoder(tokenizer):
-    """A layer-free ``T5EncoderModel`` of width :data:`TEXT_DIM` whose word embeddings are unit
-    directions ``red``, ``blue``, other (channels 16-18, clear of the CLIP rows' channels 0-15);
-    its final RMS norm turns them into ``sqrt(TEXT_DIM)`` times the direction."""
-    from transformers import T5Config, T5EncoderModel
-
-    encoder = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=TEXT_DIM, num_layers=0, num_heads=4,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    )).eval()
-    _word_directions(encoder.shared.weight, tokenizer, T5_RED, T5_BLUE, T5_OTHER)
-    encoder.encoder.final_layer_norm.weight.fill_(1.0)
+    )).eval())
+    weights.word_directions(encoder.text_model.embeddings.token_embedding.weight, tokenizer,
+                    {"red": CLIP_RED, "blue": CLIP_BLUE}, CLIP_OTHER)
     return encoder
 
 
@@ -210,35 +179,19 @@ def _axis_gap(size: int) -> float:
 
 
 # -------------------------------------------------------------------- the transformer
-def _mirror(weight: torch.Tensor, channel: int, values: torch.Tensor | float) -> None:
-    """Write ``values`` to row ``channel`` and ``-values`` to row ``channel + 1``."""
-    weight[channel] = values
-    weight[channel + 1] = -values
-
-
-def _reading(*channels: int) -> torch.Tensor:
-    """A ``[WIDTH]`` row reading the sum of the given mirrored residual features from the block's
-    LayerNorm output: ``(y_c - y_{c+1}) / 2`` cancels the norm's mean exactly, and the factor
-    :data:`RESIDUAL_SPREAD` undoes its division, so a feature of value 1 reads as 1."""
-    row = torch.zeros(WIDTH)
-    for channel in channels:
-        row[channel] += RESIDUAL_SPREAD / 2
-        row[channel + 1] -= RESIDUAL_SPREAD / 2
-    return row
-
-
 def _plant(transformer) -> None:
     """Write every weight of ``transformer`` and its positional table (see the module docstring)."""
-    for parameter in transformer.parameters():
-        parameter.zero_()
+    weights.zero_parameters(transformer)
     _plant_embeddings(transformer)
     blocks = transformer.transformer_blocks
-    colours = _static(RED_HEAD, _reading(RED), LOCALISING_LOGIT) + _static(BLUE_HEAD, _reading(BLUE), LOCALISING_LOGIT)
-    itself = _positional(SELF_LOGIT)
-    _plant_head(blocks[LOCALISING].attn, LOCALISING_HEAD, visual=colours + itself, prompt=colours,
-                value={RED_HEAD: _reading(RED), BLUE_HEAD: _reading(BLUE)})
+    colours = (weights.match(HEAD_DIM, RED_HEAD, RESIDUAL.reading(RED), weights.LOCALISING_LOGIT)
+               + weights.match(HEAD_DIM, BLUE_HEAD, RESIDUAL.reading(BLUE), weights.LOCALISING_LOGIT))
+    _plant_head(blocks[LOCALISING].attn, LOCALISING_HEAD, visual=colours + _positional(weights.SELF_LOGIT),
+                prompt=colours, value={RED_HEAD: RESIDUAL.reading(RED), BLUE_HEAD: RESIDUAL.reading(BLUE)})
+    # prompt and concept tokens attend among themselves: a constant in the sink channel
+    sink = weights.match(HEAD_DIM, SINK_HEAD, weights.CONSTANT, weights.SINK_LOGIT)
     for head in range(HEADS):
-        _plant_head(blocks[IDENTITY].attn, head, visual=_positional(POSITION_LOGIT), prompt_bias=_sink(), value={})
+        _plant_head(blocks[IDENTITY].attn, head, visual=_positional(weights.POSITION_LOGIT), prompt_bias=sink, value={})
 
 
 def _plant_embeddings(transformer) -> None:
@@ -248,14 +201,12 @@ def _plant_embeddings(transformer) -> None:
     channels (mean of CLIP-L and CLIP-G) and the T5 channels, ballast from the bias."""
     embed = transformer.pos_embed
     proj = embed.proj.weight  # [WIDTH, LATENT_CHANNELS, PATCH, PATCH]
-    patch_share = torch.full((PATCH, PATCH), 1.0 / (PATCH**2 * PlantedLatentMapping().config.amplitude))
-    for channel, colour in ((RED, "red"), (BLUE, "blue")):
-        _mirror(proj[:, COLOR_CHANNELS.index(colour)], channel, patch_share)
-    _mirror(embed.proj.bias, BALLAST, RESIDUAL_BALLAST)
+    weights.embed_colour_shares(proj, {"red": RED, "blue": BLUE})
+    weights.mirror(embed.proj.bias, BALLAST, RESIDUAL.ballast)
     table = torch.zeros(POSITION_GRID**2, WIDTH)
     code = _position_code(POSITION_GRID).float()
     for feature in range(POSITION_FEATURES):
-        _mirror(table.T, POSITION + 2 * feature, code[:, feature])
+        weights.mirror(table.T, POSITION + 2 * feature, code[:, feature])
     embed.pos_embed.copy_(table.unsqueeze(0))
 
     text = transformer.context_embedder.weight  # [WIDTH, TEXT_DIM]
@@ -263,16 +214,8 @@ def _plant_embeddings(transformer) -> None:
         reading = torch.zeros(TEXT_DIM)
         reading[[clip, CLIP_DIM + clip]] = 0.5  # CLIP-L and CLIP-G side by side, each 1
         reading[t5] = TEXT_DIM**-0.5  # T5's RMS norm: sqrt(TEXT_DIM)
-        _mirror(text, channel, reading)
-    _mirror(transformer.context_embedder.bias, BALLAST, RESIDUAL_BALLAST)
-
-
-def _static(channel: int, reading: torch.Tensor, logit: float) -> torch.Tensor:
-    """q or k rows ``[HEAD_DIM, WIDTH]`` putting ``g f`` in head channel ``channel``: two tokens
-    whose features are 1 score ``logit`` (after the ``1 / sqrt(head_dim)`` scale)."""
-    rows = torch.zeros(HEAD_DIM, WIDTH)
-    rows[channel] = (logit * HEAD_DIM**0.5) ** 0.5 * reading
-    return rows
+        weights.mirror(text, channel, reading)
+    weights.mirror(transformer.context_embedder.bias, BALLAST, RESIDUAL.ballast)
 
 
 def _positional(logit: float) -> torch.Tensor:
@@ -282,16 +225,8 @@ def _positional(logit: float) -> torch.Tensor:
     gain = (logit * HEAD_DIM**0.5 / _axis_gap(POSITION_GRID)) ** 0.5
     rows = torch.zeros(HEAD_DIM, WIDTH)
     for feature in range(POSITION_FEATURES):
-        rows[POSITION_HEAD + feature] = gain * _reading(POSITION + 2 * feature)
+        rows[POSITION_HEAD + feature] = gain * RESIDUAL.reading(POSITION + 2 * feature)
     return rows
-
-
-def _sink() -> torch.Tensor:
-    """q = k bias ``[HEAD_DIM]`` of prompt and concept tokens: a constant in the sink channel, so
-    they score ``SINK_LOGIT`` with each other and 0 with visual tokens."""
-    bias = torch.zeros(HEAD_DIM)
-    bias[SINK_HEAD] = (SINK_LOGIT * HEAD_DIM**0.5) ** 0.5
-    return bias
 
 
 def _plant_head(attn: nn.Module, head: int, *, visual: torch.Tensor, value: dict[int, torch.Tensor],
@@ -299,7 +234,8 @@ def _plant_head(attn: nn.Module, head: int, *, visual: torch.Tensor, value: dict
     """Write one head of a joint attention: q = k rows ``[HEAD_DIM, WIDTH]`` of the visual stream
     (``to_q``/``to_k``) and, where given, of the prompt stream, which the concept stream shares
     (``add_q_proj``/``add_k_proj``: rows ``prompt``, bias ``prompt_bias`` ``[HEAD_DIM]``), and
-    visual value rows ``{head channel: reading}`` (``to_v``; prompt values stay 0)."""
+    the visual v rows :func:`~vidinterp.testing.weights.value_rows` of ``value`` (``to_v``;
+    prompt values stay 0)."""
     rows = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
     for linear in (attn.to_q, attn.to_k):
         linear.weight[rows] = visual
@@ -308,13 +244,5 @@ def _plant_head(attn: nn.Module, head: int, *, visual: torch.Tensor, value: dict
             linear.weight[rows] = prompt
         if prompt_bias is not None:
             linear.bias[rows] = prompt_bias
-    for channel, reading in value.items():
-        attn.to_v.weight[head * HEAD_DIM + channel] = VALUE_GAIN * reading
+    attn.to_v.weight[rows] = weights.value_rows(HEAD_DIM, WIDTH, value)
 
-
-#: softmax logits (after the 1 / sqrt(head_dim) scale): two fully red tokens; the least gap
-#: between a visual token and itself and any other visual token in the localising head and in
-#: the identity heads; two prompt (or concept) tokens in the identity heads
-LOCALISING_LOGIT, SELF_LOGIT, POSITION_LOGIT, SINK_LOGIT = 12.0, 8.0, 6.0, 8.0
-#: value of a fully red (blue) token in the localising head
-VALUE_GAIN = 4.0
