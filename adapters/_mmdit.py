@@ -9,9 +9,7 @@ Both families have dual-stream ("joint") blocks with the same prompt-stream part
   blocks (docs/methods.md, "Concept stream"), run with the prompt stream's weights;
 * :class:`ImageMMDiTAdapter`: an image as a video of one frame (geometry, layout, VAE encoding
   with the pipeline's shift and scaling, the flow-matching schedule as the pipeline sets it,
-  the transformer/block hooks);
-* tiny offline parts for the test pipelines (CLIP-style word tokenizer, CLIP text encoders,
-  ``AutoencoderKL``).
+  the transformer/block hooks).
 
 Files starting with an underscore are not registered as adapters.
 """
@@ -36,9 +34,6 @@ __all__ = [
     "ImageMMDiTAdapter",
     "to_heads",
     "concept_attention",
-    "clip_word_tokenizer",
-    "tiny_clip_encoder",
-    "tiny_image_vae",
 ]
 
 
@@ -287,72 +282,3 @@ class ImageMMDiTAdapter(Adapter):
         return call_hooks(self.transformer, runtime, before_transformer) + concept_block_hooks(
             list(self.transformer.transformer_blocks), runtime
         )
-
-
-# -------------------------------------------------------------------- tiny parts
-def clip_word_tokenizer(model_max_length: int = 16):
-    """A CLIP-style fast tokenizer built in code: :func:`vidinterp.testing.word_tokenizer`'s
-    vocabulary, wrapped as ``<|startoftext|> ... <|endoftext|>`` and padded with
-    ``<|endoftext|>`` as CLIP's tokenizer does."""
-    from tokenizers import Tokenizer, processors
-    from transformers import PreTrainedTokenizerFast
-
-    from vidinterp.testing import word_tokenizer
-
-    backend = Tokenizer.from_str(word_tokenizer().backend_tokenizer.to_str())
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    backend.add_special_tokens([bos, eos])
-    special = [(bos, backend.token_to_id(bos)), (eos, backend.token_to_id(eos))]
-    backend.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A {eos}", pair=f"{bos} $A {eos} $B {eos}", special_tokens=special
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=bos, eos_token=eos, pad_token=eos, unk_token="<unk>",
-        model_max_length=model_max_length,
-    )
-
-
-def tiny_clip_encoder(tokenizer, hidden_size: int = 32, projection_dim: int | None = None, seed: int = 0):
-    """A randomly initialised two-layer CLIP text encoder for ``tokenizer``
-    (:func:`clip_word_tokenizer`): ``CLIPTextModel``, or ``CLIPTextModelWithProjection`` when
-    ``projection_dim`` is given."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=tokenizer.model_max_length,
-        projection_dim=projection_dim or hidden_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model_class = CLIPTextModel if projection_dim is None else CLIPTextModelWithProjection
-    return model_class(config).eval()
-
-
-def tiny_image_vae(latent_channels: int, scaling_factor: float, shift_factor: float, seed: int = 0):
-    """A randomly initialised ``AutoencoderKL`` with 2x spatial compression and the given latent
-    scaling and shift."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 8),
-        layers_per_block=1,
-        latent_channels=latent_channels,
-        norm_num_groups=2,
-        sample_size=16,
-        scaling_factor=scaling_factor,
-        shift_factor=shift_factor,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).eval()

@@ -43,10 +43,7 @@ from vidinterp.sites import SiteProcessor, SiteSpec
 
 from ._mmdit import (
     ImageMMDiTAdapter,
-    clip_word_tokenizer,
     concept_attention,
-    tiny_clip_encoder,
-    tiny_image_vae,
 )
 
 __all__ = ["FluxAdapter", "FluxSiteProcessor"]
@@ -274,54 +271,3 @@ class FluxAdapter(ImageMMDiTAdapter):
             return pipe._unpack_latents(output, height * scale, width * scale, scale)
 
         return call
-
-    # ---------------------------------------------------------------- tiny pipelines
-    TINY_VARIANTS = ("dev", "schnell")
-
-    @classmethod
-    def tiny_variants(cls) -> dict[str, dict[str, Any]]:
-        return {variant: {"variant": variant} for variant in cls.TINY_VARIANTS}
-
-    @classmethod
-    def tiny_pipeline(cls, variant: str = "dev", num_layers: int = 2, num_single_layers: int = 2, seed: int = 0,
-                      **overrides: Any):
-        """Tiny ``FluxPipeline``: ``variant`` ``"dev"`` (guidance embeddings, dynamic shifting)
-        or ``"schnell"`` (neither). Native geometry 1 frame at 16x16 pixels (2x VAE, 2x2
-        packing: 4x4 tokens), prompts of 16 T5 tokens; ``overrides`` go to the transformer."""
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-        from vidinterp.testing import tiny_t5_encoder, word_tokenizer
-
-        if variant not in cls.TINY_VARIANTS:
-            raise ValueError(f"unknown tiny Flux variant {variant!r}; expected one of {cls.TINY_VARIANTS}")
-        latent_channels, text_dim, clip_dim = 4, 32, 32
-        config: dict[str, Any] = dict(
-            patch_size=1,
-            in_channels=4 * latent_channels,
-            num_layers=num_layers,
-            num_single_layers=num_single_layers,
-            attention_head_dim=16,
-            num_attention_heads=2,
-            joint_attention_dim=text_dim,
-            pooled_projection_dim=clip_dim,
-            guidance_embeds=variant == "dev",
-            axes_dims_rope=(4, 6, 6),
-        )
-        config.update(overrides)
-        torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(**config).eval()
-        vae = tiny_image_vae(latent_channels, scaling_factor=0.3611, shift_factor=0.1159, seed=seed + 1)
-        tokenizer = clip_word_tokenizer(model_max_length=16)
-        text_encoder = tiny_clip_encoder(tokenizer, hidden_size=clip_dim, seed=seed + 2)
-        tokenizer_2 = word_tokenizer(model_max_length=16)
-        text_encoder_2 = tiny_t5_encoder(len(tokenizer_2), d_model=text_dim, seed=seed + 3)
-        if variant == "dev":
-            scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                        max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-        else:
-            scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-        pipe = FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
-        pipe.default_sample_size = 8  # native 8x8 latents (the real models: 128 -> 1024 px)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe

@@ -45,3 +45,22 @@ def test_every_adapter_and_analysis_file_registers_itself():
     analyses = {cls.__module__.rsplit(".", 1)[1] for cls in vidinterp.analysis_classes().values()}
     helpers = {"cluster_scores", "spectral", "heads", "surrogate", "official_imap"}  # selectors, kernels, presets
     assert analyses | helpers == {path.stem for path in (ROOT / "analyses").glob("[!_]*.py")}
+
+
+def test_no_adapter_file_builds_test_pipelines():
+    """Tiny (and planted) test pipelines live in ``vidinterp/testing/``, registered by family; an
+    adapter file defines no tiny builder and imports nothing from ``vidinterp.testing``."""
+    for path in sorted((ROOT / "adapters").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        defined = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {target.id for node in ast.walk(tree) if isinstance(node, (ast.Assign, ast.AnnAssign))
+                    for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                    if isinstance(target, ast.Name)}
+        tiny = sorted(name for name in defined if name.lower().lstrip("_").startswith("tiny"))
+        assert not tiny, f"{path.relative_to(ROOT)} defines {tiny}: tiny builders belong in vidinterp/testing/"
+        for name in imported_names(path):
+            assert not name.startswith("vidinterp.testing"), (
+                f"{path.relative_to(ROOT)} imports {name}: adapters build no test pipelines"
+            )
+    for cls in vidinterp.adapter_classes().values():
+        assert not any(hasattr(cls, name) for name in ("tiny_pipeline", "tiny_variants", "TINY_VARIANTS")), cls

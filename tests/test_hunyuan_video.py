@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vidinterp
-from vidinterp.adapters.hunyuan_video import HunyuanVideoAdapter
+import vidinterp.testing
 from vidinterp.registry import adapter_for
 
 PROMPTS = ["a red dog walking on green grass", "a cat"]
@@ -17,7 +17,7 @@ CONCEPTS = ["dog", "grass"]
 
 @pytest.fixture
 def pipe():
-    pipe = HunyuanVideoAdapter.tiny_pipeline()
+    pipe = vidinterp.testing.tiny_pipeline("hunyuan_video")
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -51,7 +51,7 @@ def _record_every_hook(graph, fired: list[str]) -> None:
 def test_transformer_bit_identical_with_concepts_and_every_hook(overrides):
     """Stock processors vs site processors with the concept stream and every hook point hooked:
     torch.equal, on a batch whose rows have different prompt padding."""
-    pipe = HunyuanVideoAdapter.tiny_pipeline(**overrides)
+    pipe = vidinterp.testing.tiny_pipeline("hunyuan_video", **overrides)
     inputs = _call_inputs(pipe, PROMPTS, latent_frames=4 if overrides else 3)
     with torch.no_grad():
         reference = pipe.transformer(**inputs)[0]
@@ -257,7 +257,7 @@ def test_true_cfg_call_is_not_analysed(pipe):
 
 
 def test_geometry_checks_and_layout():
-    adapter = adapter_for(HunyuanVideoAdapter.tiny_pipeline())
+    adapter = adapter_for(vidinterp.testing.tiny_pipeline("hunyuan_video"))
     assert adapter.default_geometry() == (9, 32, 48)
     layout = adapter.layout_for(9, 32, 48)
     assert (layout.frames, layout.height, layout.width) == (3, 4, 6)
@@ -272,7 +272,7 @@ def test_geometry_checks_and_layout():
     with pytest.raises(ValueError, match="9 frames at 32x48"):
         adapter.check_geometry(9, 32, 50)
 
-    adapter_t2 = adapter_for(HunyuanVideoAdapter.tiny_pipeline(patch_size_t=2))
+    adapter_t2 = adapter_for(vidinterp.testing.tiny_pipeline("hunyuan_video", patch_size_t=2))
     assert adapter_t2.default_geometry() == (13, 32, 48)
     layout = adapter_t2.layout_for(13, 32, 48)
     assert layout.frames == 2 and layout.frame_spans == ((0, 4), (5, 12))

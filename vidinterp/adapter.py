@@ -309,17 +309,6 @@ class Adapter(ABC):
     def scheduler_step(self, model_output: torch.Tensor, timestep: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         return self.pipe.scheduler.step(model_output, timestep, latents, return_dict=False)[0]
 
-    @classmethod
-    def tiny_variants(cls) -> dict[str, dict[str, Any]]:
-        """Named keyword sets for :meth:`tiny_pipeline` that the conformance suite runs
-        (one per config family the adapter supports: e.g. rotary or not, image-to-video)."""
-        return {"default": {}}
-
-    @classmethod
-    @abstractmethod
-    def tiny_pipeline(cls, **overrides: Any):
-        """A complete tiny pipeline from the real diffusers classes, offline, random weights."""
-
     # ---------------------------------------------------------------- helpers
     @property
     def temporal_compression(self) -> int:

@@ -17,25 +17,25 @@ from vidinterp.testing.conformance import (
     PROMPT,
     STEPS,
     CheckNotApplicable,
+    TinyBuilder,
     adapter_of,
     assert_localises,
     generate,
     nearest_valid,
     processors_of,
     required_inputs,
-    tiny_of,
     traced,
     video_of,
 )
 
 # -------------------------------------------------------------------- mechanics
-def check_sites_have_stable_names(adapter_cls, variant: dict) -> None:
+def check_sites_have_stable_names(adapter_cls, tiny: TinyBuilder) -> None:
     """Every site is ``blocks.{l}.attn`` or ``blocks.{l}.cross_attn`` and its hook points sit in
     the module tree at the path the graph reports."""
     import vidinterp
     from vidinterp.registry import using_adapter
 
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     specs = adapter.site_specs()
     assert specs, "an adapter must expose at least one site"
@@ -47,13 +47,13 @@ def check_sites_have_stable_names(adapter_cls, variant: dict) -> None:
             assert modules[graph.path(name)] is graph.module(name), name
 
 
-def check_traced_generation_is_bit_identical(adapter_cls, variant: dict) -> None:
+def check_traced_generation_is_bit_identical(adapter_cls, tiny: TinyBuilder) -> None:
     """Tracing with concepts and every hook point hooked leaves the generated video unchanged,
     and every hook point fires."""
     import vidinterp
     from vidinterp.registry import using_adapter
 
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     reference = video_of(generate(pipe, adapter))
     seen: set[str] = set()
@@ -73,12 +73,12 @@ def check_traced_generation_is_bit_identical(adapter_cls, variant: dict) -> None
     assert seen == set(names), f"hook points that never fired: {sorted(set(names) - seen)}"
 
 
-def check_restored_after_error(adapter_cls, variant: dict) -> None:
+def check_restored_after_error(adapter_cls, tiny: TinyBuilder) -> None:
     """A hook that raises and a KeyboardInterrupt both leave the original processors and no
     hooks behind, and the model generates as before."""
     from vidinterp.sites import SiteProcessor
 
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     originals = processors_of(adapter)
     reference = video_of(generate(pipe, adapter))
@@ -104,10 +104,10 @@ def check_restored_after_error(adapter_cls, variant: dict) -> None:
     assert np.array_equal(video_of(generate(pipe, adapter)), reference), "generation changed after the failed trace"
 
 
-def check_geometry_derived_from_config_and_inputs(adapter_cls, variant: dict) -> None:
+def check_geometry_derived_from_config_and_inputs(adapter_cls, tiny: TinyBuilder) -> None:
     """The adapter accepts more than its native geometry and its maps follow the video's
     geometry (frames, rows, columns of the layout), not a hard-coded one."""
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     frames, height, width = adapter.default_geometry()
     check = adapter.check_geometry
@@ -128,12 +128,12 @@ def check_geometry_derived_from_config_and_inputs(adapter_cls, variant: dict) ->
         assert trace.video.shape[1:3] == geometry[1:], f"video {trace.video.shape} for geometry {geometry}"
 
 
-def check_hook_tensors_follow_documented_layout(adapter_cls, variant: dict) -> None:
+def check_hook_tensors_follow_documented_layout(adapter_cls, tiny: TinyBuilder) -> None:
     """Every hook point's tensor has the shape :func:`vidinterp.list_sites` documents."""
     import vidinterp
     from vidinterp.registry import using_adapter
 
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     shapes: dict[str, tuple] = {}
     with using_adapter(adapter_cls):
@@ -154,9 +154,9 @@ def _shape_recorder(shapes: dict[str, tuple], name: str) -> Callable:
     return record
 
 
-def check_default_analyses_run_in_renoise_mode(adapter_cls, variant: dict) -> None:
+def check_default_analyses_run_in_renoise_mode(adapter_cls, tiny: TinyBuilder) -> None:
     """Renoising a video runs every default analysis to finite ``(concept, frame, y, x)`` maps."""
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     frames, height, width = adapter.default_geometry()
     video = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
@@ -194,12 +194,12 @@ def _recorded_scheduler_step(pipe, adapter, steps: int) -> dict[str, torch.Tenso
     return record
 
 
-def check_renoise_step_matches_pipeline_step(adapter_cls, variant: dict) -> None:
+def check_renoise_step_matches_pipeline_step(adapter_cls, tiny: TinyBuilder) -> None:
     """From the latents the pipeline's first denoising step starts at, the adapter's renoise
     path (``timesteps_for``, ``denoiser``, ``scheduler_step``) gives the pipeline's model output
     and next latents bit for bit (so the timestep, CFG and conditioning it passes are the
     pipeline's)."""
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     if required_inputs(pipe, adapter):
         raise CheckNotApplicable("the pipeline conditions on an input image, which renoising takes from the video")
@@ -230,9 +230,9 @@ def _pipeline_default(pipe, name: str) -> Any:
     return None if parameter is None else parameter.default
 
 
-def check_timesteps_match_pipeline_schedule(adapter_cls, variant: dict) -> None:
+def check_timesteps_match_pipeline_schedule(adapter_cls, tiny: TinyBuilder) -> None:
     """``timesteps_for(n, geometry)`` equals the timesteps the pipeline steps through."""
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     seen: list[float] = []
 
@@ -267,10 +267,10 @@ class _VisitRecorder(Analysis):
         return xr.Dataset()
 
 
-def check_only_conditional_rows_analysed(adapter_cls, variant: dict) -> None:
+def check_only_conditional_rows_analysed(adapter_cls, tiny: TinyBuilder) -> None:
     """With the pipeline's unconditional CFG branch on (``unconditional_branch``), analyses see
     exactly the tensors of the run without it: the conditional branch and nothing else."""
-    pipe = tiny_of(adapter_cls, variant)
+    pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
     runs = []
     for scale in (1.0, 3.0):

@@ -5,8 +5,10 @@ Each check is a named function; :func:`adapter_checks` / :func:`analysis_checks`
 of a class (one per tiny variant or planted family where that applies), :func:`check_adapter` /
 :func:`check_analysis` run them all, and :func:`parametrize_with_checks` turns them into pytest
 cases. They work on classes that live outside vidinterp: the adapter under test is put first
-with :func:`vidinterp.registry.using_adapter`, so it need not be registered, and the planted
-checks use the planted builder registered for its family
+with :func:`vidinterp.registry.using_adapter`, so it need not be registered; its tiny variants
+are those registered for its family (:func:`vidinterp.testing.register_tiny`) unless
+``adapter_checks`` / ``check_adapter`` are given ``tiny={variant name: zero-argument builder}``,
+and the planted checks use the planted builder registered for its family
 (:func:`vidinterp.testing.register_planted`)::
 
     from vidinterp.testing import parametrize_with_checks
@@ -37,11 +39,11 @@ skip with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from vidinterp.testing.adapter_checks import ADAPTER_PLANTED_CHECKS, ADAPTER_VARIANT_CHECKS
 from vidinterp.testing.analysis_checks import ANALYSIS_CHECKS, check_planted_localisation
-from vidinterp.testing.conformance import CheckNotApplicable
+from vidinterp.testing.conformance import CheckNotApplicable, TinyBuilder, tiny_builders
 
 __all__ = [
     "Check",
@@ -87,11 +89,25 @@ def _name(function: Callable) -> str:
     return function.__name__.removeprefix("check_")
 
 
-def adapter_checks(adapter_cls) -> list[Check]:
-    """Every check of an adapter class: the mechanics and result checks once per tiny variant
-    (``adapter_cls.tiny_variants()``), the planted checks on its family's planted model."""
-    checks = [Check(_name(function), adapter_cls, variant_name, function, (variant,))
-              for variant_name, variant in adapter_cls.tiny_variants().items() for function in ADAPTER_VARIANT_CHECKS]
+def _tiny_pipeline_registered(adapter_cls, missing: str) -> None:
+    raise AssertionError(missing)
+
+
+def adapter_checks(adapter_cls, tiny: Mapping[str, TinyBuilder] | None = None) -> list[Check]:
+    """Every check of an adapter class: the mechanics and result checks once per tiny variant,
+    the planted checks on its family's planted model.
+
+    The tiny variants are ``tiny`` (``{variant name: zero-argument builder}``, for an adapter
+    whose family has no registered tiny builder) or else the variants registered for the
+    adapter's family (:func:`vidinterp.testing.tiny_variants`). With neither, the one check in
+    their place, ``tiny_pipeline_registered``, fails saying how to register a builder."""
+    try:
+        builders = tiny_builders(adapter_cls, tiny)
+    except LookupError as missing:
+        checks = [Check("tiny_pipeline_registered", adapter_cls, "", _tiny_pipeline_registered, (str(missing),))]
+    else:
+        checks = [Check(_name(function), adapter_cls, variant_name, function, (build,))
+                  for variant_name, build in builders.items() for function in ADAPTER_VARIANT_CHECKS]
     checks += [Check(_name(function), adapter_cls, "planted", function, (adapter_cls.family,))
                for function in ADAPTER_PLANTED_CHECKS]
     return checks
@@ -139,11 +155,12 @@ def _run_all(checks: list[Check]) -> list[str]:
     return skipped
 
 
-def check_adapter(adapter_cls) -> list[str]:
-    """Run every adapter check on ``adapter_cls`` (which need not be registered). Raises
+def check_adapter(adapter_cls, tiny: Mapping[str, TinyBuilder] | None = None) -> list[str]:
+    """Run every adapter check on ``adapter_cls`` (which need not be registered), on the tiny
+    variants ``tiny`` or those registered for its family (see :func:`adapter_checks`). Raises
     ``AssertionError`` naming the first failing check; returns the ids of checks that do not
     apply."""
-    return _run_all(adapter_checks(adapter_cls))
+    return _run_all(adapter_checks(adapter_cls, tiny))
 
 
 def check_analysis(analysis_cls) -> list[str]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 import xarray as xr
 
-__all__ = ["CheckNotApplicable", "PROMPT", "CONCEPTS", "MAP_DIMS", "MIN_IOU"]
+__all__ = ["CheckNotApplicable", "TinyBuilder", "tiny_builders", "PROMPT", "CONCEPTS", "MAP_DIMS", "MIN_IOU"]
 
 PROMPT = "a red dog walking on green grass"
 CONCEPTS = ["dog", "grass"]
@@ -23,8 +24,32 @@ class CheckNotApplicable(Exception):
     """Raised by a check that does not apply to the class (the message says why)."""
 
 
-def tiny_of(adapter_cls, variant: dict[str, Any]):
-    return adapter_cls.tiny_pipeline(**variant)
+#: A zero-argument callable that builds a tiny pipeline (one variant an adapter's checks run on).
+TinyBuilder = Callable[[], Any]
+
+
+def tiny_builders(adapter_cls, tiny: Mapping[str, TinyBuilder] | None = None) -> dict[str, TinyBuilder]:
+    """The tiny pipelines the checks of ``adapter_cls`` run on, ``{variant name: zero-argument
+    builder}``: ``tiny`` when given, else the variants registered for the adapter's family
+    (:func:`vidinterp.testing.register_tiny`). Raises ``LookupError`` saying how to provide them
+    when neither exists, and ``TypeError`` for a builder that is not callable."""
+    from vidinterp.testing.tiny import tiny_families, tiny_pipeline, tiny_variants
+
+    if tiny is not None:
+        for name, build in tiny.items():
+            if not callable(build):
+                raise TypeError(f"tiny[{name!r}] must be a zero-argument callable that builds a pipeline, "
+                                f"got {build!r}")
+        return dict(tiny)
+    family = getattr(adapter_cls, "family", None)
+    if family not in tiny_families():
+        raise LookupError(
+            f"no tiny pipeline for {adapter_cls.__name__} (family {family!r}): register a builder of the family's "
+            f"diffusers pipeline with tiny configs and random weights, `@vidinterp.testing.register_tiny({family!r}, "
+            "variants={name: builder keyword arguments})`, or pass `tiny={variant name: zero-argument builder}` to "
+            "adapter_checks / check_adapter"
+        )
+    return {name: partial(tiny_pipeline, family, **variant) for name, variant in tiny_variants(family).items()}
 
 
 def adapter_of(adapter_cls, pipe):

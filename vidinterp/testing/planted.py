@@ -42,8 +42,6 @@ Design recipe shared by the builders (so a new family is built the same way):
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,6 +49,7 @@ import numpy as np
 import torch
 
 from vidinterp.datasets.shapes import ShapeObject, ShapesClip, render_clip
+from vidinterp.testing.builders import import_builtin_builders
 from vidinterp.testing.latent import COLOR_CHANNELS, PlantedLatentMapping
 
 __all__ = [
@@ -134,11 +133,7 @@ def register_planted(family: str) -> Callable:
 
 
 def _load_builtin_builders() -> None:
-    import vidinterp.testing as package
-
-    for module in pkgutil.iter_modules(package.__path__):
-        if module.name.startswith("planted_"):
-            importlib.import_module(f"vidinterp.testing.{module.name}")
+    import_builtin_builders("planted_")
 
 
 def planted_families() -> list[str]:

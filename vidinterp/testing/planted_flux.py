@@ -55,7 +55,7 @@ import torch
 from vidinterp.testing import weights
 from vidinterp.testing.latent import LATENT_CHANNELS, PlantedLatentMapping
 from vidinterp.testing.planted import PLANTED_WORDS, PlantedDesign, register_planted, rotary_angles
-from vidinterp.testing.tiny import word_tokenizer
+from vidinterp.testing.tiny import clip_word_tokenizer, tiny_clip_encoder, word_tokenizer
 
 __all__ = ["planted_flux"]
 
@@ -83,8 +83,6 @@ def planted_flux(variant: str = "dev"):
     """Planted Flux pipeline (see the module docstring). ``variant``: ``"dev"`` (guidance
     embeddings, dynamic shifting) or ``"schnell"`` (neither)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    from vidinterp.adapters._mmdit import clip_word_tokenizer, tiny_clip_encoder
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown planted Flux variant {variant!r}; expected one of {VARIANTS}")

@@ -59,6 +59,7 @@ from vidinterp.testing import weights
 from vidinterp.testing.latent import LATENT_CHANNELS, PlantedLatentMapping
 from vidinterp.testing.planted import PLANTED_WORDS, PlantedDesign, register_planted, rotary_angles
 from vidinterp.testing.tiny import word_tokenizer
+from vidinterp.testing.tiny_hunyuan_video import tiny_llama_tokenizer
 
 __all__ = ["planted_hunyuan_video"]
 
@@ -89,8 +90,6 @@ def planted_hunyuan_video(variant: str = "t2v"):
     (text-to-video, guidance-distilled)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline, HunyuanVideoTransformer3DModel
 
-    from vidinterp.adapters.hunyuan_video import _tiny_llama_tokenizer
-
     if variant != "t2v":
         raise ValueError(f"unknown planted HunyuanVideo variant {variant!r}; expected 't2v'")
     frames, height, width = GEOMETRY
@@ -101,7 +100,7 @@ def planted_hunyuan_video(variant: str = "t2v"):
         rope_axes_dim=ROPE_AXES,
     ).eval()
     transformer.register_to_config(native_geometry=GEOMETRY)  # the adapter's default geometry
-    tokenizer = _tiny_llama_tokenizer(HunyuanVideoPipeline)
+    tokenizer = tiny_llama_tokenizer(HunyuanVideoPipeline)
     tokenizer_2 = word_tokenizer(model_max_length=77)
     pipe = HunyuanVideoPipeline(
         text_encoder=_llama(tokenizer), tokenizer=tokenizer, transformer=transformer,

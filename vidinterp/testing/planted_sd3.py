@@ -68,6 +68,7 @@ from torch import nn
 from vidinterp.testing import weights
 from vidinterp.testing.latent import LATENT_CHANNELS, PlantedLatentMapping
 from vidinterp.testing.planted import PLANTED_WORDS, PlantedDesign, register_planted
+from vidinterp.testing.tiny import clip_word_tokenizer, word_tokenizer
 
 __all__ = ["planted_sd3"]
 
@@ -100,9 +101,6 @@ def planted_sd3(variant: str = "3"):
     """Planted Stable Diffusion 3 pipeline (see the module docstring). ``variant``: ``"3"``
     (no q/k norm, no dual attention)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
-
-    from vidinterp.adapters._mmdit import clip_word_tokenizer
-    from vidinterp.testing.tiny import word_tokenizer
 
     if variant != "3":
         raise ValueError(f"unknown planted SD3 variant {variant!r}; expected '3'")
