@@ -45,7 +45,7 @@ def to_heads(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
 class MMDiTConceptStream:
     """Running state of the concept tokens through the dual-stream blocks of one transformer call.
 
-    ``hidden`` is ``[conditional_batch, C, dim]``: the concept embeddings through the
+    ``hidden`` is ``[analysed_batch, C, dim]``: the concept embeddings through the
     transformer's ``context_embedder`` (the prompt tokens' projection), restarted at every
     transformer call (every denoising step). Per block, :meth:`before_block` applies the prompt
     stream's ``norm1_context`` modulation, the site processor computes the concept attention
@@ -63,15 +63,15 @@ class MMDiTConceptStream:
         self.attention_output: torch.Tensor | None = None
         self._modulation: tuple[torch.Tensor, ...] | None = None
 
-    def start(self, conditional_batch: int, like: torch.Tensor) -> None:
+    def start(self, analysed_batch: int, like: torch.Tensor) -> None:
         """Project the ``[C, text_dim]`` embeddings like prompt tokens (``like``: the call's
         ``encoder_hidden_states``, for device and dtype)."""
         embeddings = self.embeddings.to(device=like.device, dtype=like.dtype)
         projected = self.transformer.context_embedder(embeddings)
-        self.hidden = projected.unsqueeze(0).expand(conditional_batch, -1, -1)
+        self.hidden = projected.unsqueeze(0).expand(analysed_batch, -1, -1)
 
     def before_block(self, block: nn.Module, temb: torch.Tensor) -> None:
-        """``temb``: ``[conditional_batch, dim]``, the block's conditioning embedding rows."""
+        """``temb``: ``[analysed_batch, dim]``, the block's conditioning embedding rows."""
         if getattr(block, "context_pre_only", False):
             self.attention_input = block.norm1_context(self.hidden, temb)
             self._modulation = None
@@ -110,12 +110,12 @@ def concept_attention(
     Args:
         processor: the site processor (its ``hook_concept_*`` points and runtime).
         attn: the attention module.
-        visual_key, visual_value: ``[conditional_batch, heads, P, head_dim]`` visual keys
+        visual_key, visual_value: ``[analysed_batch, heads, P, head_dim]`` visual keys
             (after q/k-norm and rotary) and values of the joint call.
 
     Returns:
-        ``{"q", "k", "v", "z"}`` concept tensors ``[conditional_batch, heads, C, head_dim]``;
-        sets the stream's ``attention_output`` (``[conditional_batch, C, dim]`` after
+        ``{"q", "k", "v", "z"}`` concept tensors ``[analysed_batch, heads, C, head_dim]``;
+        sets the stream's ``attention_output`` (``[analysed_batch, C, dim]`` after
         ``to_add_out``; ``None`` in a ``context_pre_only`` block).
     """
     stream: MMDiTConceptStream = processor.runtime.concept_state
@@ -202,7 +202,7 @@ class ImageMMDiTAdapter(Adapter):
             prompt=prompt,
             concepts=0,
             batch=batch,
-            conditional_rows=slice(batch // 2, batch) if cfg_batched else slice(0, batch),
+            analysed_rows=slice(batch // 2, batch) if cfg_batched else slice(0, batch),
             frame_spans=((0, 0),),
             pixels_per_token=(self.token_cell, self.token_cell),
         )
@@ -277,7 +277,7 @@ class ImageMMDiTAdapter(Adapter):
             layout, conditional, prompt = self._call_layout(module, args, kwargs, runtime)
             runtime.begin_call(layout, conditional=conditional)
             if runtime.concepts_active:
-                runtime.concept_state.start(layout.conditional_batch, prompt)
+                runtime.concept_state.start(layout.analysed_batch, prompt)
 
         return call_hooks(self.transformer, runtime, before_transformer) + concept_block_hooks(
             list(self.transformer.transformer_blocks), runtime

@@ -49,7 +49,7 @@ def _heads(tensor: torch.Tensor, batch: int, heads: int) -> torch.Tensor:
 class CogVideoXConceptStream:
     """Running state of the concept tokens through the blocks of one transformer call.
 
-    ``hidden`` is ``[conditional_batch, C, dim]``; it restarts from the projected concept
+    ``hidden`` is ``[analysed_batch, C, dim]``; it restarts from the projected concept
     embeddings at every transformer call (every denoising step).
     """
 
@@ -62,10 +62,10 @@ class CogVideoXConceptStream:
         self._gate: torch.Tensor | None = None
         self._temb: torch.Tensor | None = None
 
-    def start(self, conditional_batch: int, like: torch.Tensor) -> None:
+    def start(self, analysed_batch: int, like: torch.Tensor) -> None:
         embeddings = self.embeddings.to(device=like.device, dtype=like.dtype)
         projected = self.transformer.patch_embed.text_proj(embeddings)
-        self.hidden = projected.unsqueeze(0).expand(conditional_batch, -1, -1)
+        self.hidden = projected.unsqueeze(0).expand(analysed_batch, -1, -1)
 
     @staticmethod
     def _text_modulation(norm: nn.Module, temb: torch.Tensor):
@@ -145,7 +145,7 @@ class CogVideoXSiteProcessor(SiteProcessor):
     ) -> dict[str, torch.Tensor]:
         """Only the ``C`` concept query rows: concepts attend to ``[concepts ; visual]``."""
         stream: CogVideoXConceptStream = self.runtime.concept_state
-        rows = self.runtime.layout.conditional_rows
+        rows = self.runtime.layout.analysed_rows
         concepts = stream.attention_input
         batch = concepts.shape[0]
         query_c = _heads(attn.to_q(concepts), batch, attn.heads)
@@ -186,7 +186,7 @@ class CogVideoXAdapter(Adapter):
                                   runtime.cfg_batched, runtime.pixel_frames)
             runtime.begin_call(layout, conditional=True)
             if runtime.concepts_active:
-                runtime.concept_state.start(layout.conditional_batch, prompt)
+                runtime.concept_state.start(layout.analysed_batch, prompt)
 
         return call_hooks(self.transformer, runtime, before_transformer) + concept_block_hooks(
             list(self.transformer.transformer_blocks), runtime
@@ -274,7 +274,7 @@ class CogVideoXAdapter(Adapter):
             prompt=slice(0, text_length),
             concepts=0,
             batch=batch,
-            conditional_rows=slice(batch // 2, batch) if cfg_batched else slice(0, batch),
+            analysed_rows=slice(batch // 2, batch) if cfg_batched else slice(0, batch),
             frame_spans=causal_frame_spans(frames, self.temporal_compression, patch_t, padding),
             pixels_per_token=(cell, cell),
         )

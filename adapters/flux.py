@@ -106,7 +106,7 @@ class FluxSiteProcessor(SiteProcessor):
             text_length = self.runtime.layout.prompt_tokens
         concept_tensors = {}
         if self.spec.concept_stream and self.runtime.concepts_active:
-            rows = self.runtime.layout.conditional_rows
+            rows = self.runtime.layout.analysed_rows
             concept_tensors = concept_attention(self, attn, key[rows, :, text_length:], value[rows, :, text_length:])
         parts = {"prompt": slice(0, text_length), "visual": slice(text_length, query.shape[2])}
         self.report(

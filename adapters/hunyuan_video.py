@@ -74,7 +74,7 @@ class HunyuanVideoConceptStream:
     concept's tokens in that sequence. At every transformer call :meth:`begin` resets the
     stream; the first double block then refines the concept prompts with the transformer's
     token refiner at the call's timestep and reduces the concept rows to ``hidden``
-    (``[conditional_batch, C, dim]``), which the blocks update. (Refining there, after the
+    (``[analysed_batch, C, dim]``), which the blocks update. (Refining there, after the
     transformer's own ``context_embedder`` call, keeps that call first in execution order for
     nnsight.)
     """
@@ -105,13 +105,13 @@ class HunyuanVideoConceptStream:
         self._modulation: list[torch.Tensor] | None = None
 
     def begin(self, timestep: torch.Tensor) -> None:
-        """Restart the stream for a transformer call; ``timestep`` is ``[conditional_batch]``."""
+        """Restart the stream for a transformer call; ``timestep`` is ``[analysed_batch]``."""
         self.hidden = None
         self._timestep = timestep
 
     def _refine(self, like: torch.Tensor) -> torch.Tensor:
         """Concept embeddings after the token refiner, then ``padding`` zero rows (padded
-        concept slots enter the double-stream blocks as zero vectors): ``[conditional_batch,
+        concept slots enter the double-stream blocks as zero vectors): ``[analysed_batch,
         C + padding, dim]``."""
         batch, count = self._timestep.shape[0], self.prompt_embeds.shape[0]
         embeds = self.prompt_embeds.to(device=like.device, dtype=like.dtype).repeat(batch, 1, 1)
@@ -231,7 +231,7 @@ class HunyuanVideoSiteProcessor(SiteProcessor):
         """Only the ``C`` concept query rows, with the prompt stream's projections; concepts
         attend to ``[concepts ; visual]``. ``key``/``value``: ``[batch, heads, tokens, d]``."""
         stream: HunyuanVideoConceptStream = self.runtime.concept_state
-        rows = self.runtime.layout.conditional_rows
+        rows = self.runtime.layout.analysed_rows
         concepts = stream.attention_input
         query_c = attn.add_q_proj(concepts).unflatten(2, (attn.heads, -1))
         key_c = attn.add_k_proj(concepts).unflatten(2, (attn.heads, -1))
@@ -323,7 +323,7 @@ class HunyuanVideoAdapter(Adapter):
             runtime.begin_call(layout, conditional=call_name.name != "uncond")
             if runtime.concepts_active:
                 timestep = call_argument(module, args, kwargs, "timestep")
-                runtime.concept_state.begin(timestep.reshape(-1).expand(batch)[layout.conditional_rows])
+                runtime.concept_state.begin(timestep.reshape(-1).expand(batch)[layout.analysed_rows])
 
         return [call_name, *call_hooks(transformer, runtime, before_transformer),
                 *concept_block_hooks(list(transformer.transformer_blocks), runtime)]
@@ -459,7 +459,7 @@ class HunyuanVideoAdapter(Adapter):
             prompt=slice(visual, visual + text_length),
             concepts=0,
             batch=batch,
-            conditional_rows=slice(0, batch),
+            analysed_rows=slice(0, batch),
             prompt_mask=mask,
             frame_spans=causal_frame_spans(frames, self.temporal_compression, config.patch_size_t),
             pixels_per_token=(cell, cell),

@@ -91,7 +91,7 @@ class SD3SiteProcessor(SiteProcessor):
 
         concept_tensors = {}
         if self.runtime.concepts_active:
-            rows = self.runtime.layout.conditional_rows
+            rows = self.runtime.layout.analysed_rows
             concept_tensors = concept_attention(
                 self, attn, key[rows, :, :visual_tokens], value[rows, :, :visual_tokens]
             )

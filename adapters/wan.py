@@ -177,7 +177,7 @@ class WanSiteProcessor(SiteProcessor):
         concept_tensors = {}
         if self.runtime.concepts_active:
             state: PromptWords = self.runtime.concept_state
-            rows = self.runtime.layout.conditional_rows
+            rows = self.runtime.layout.analysed_rows
             concept_tensors = {"k": state.gather(key[rows]), "v": state.gather(value[rows])}
         self.report(
             {"q": query, "k": key, "v": value, "z": output},
@@ -349,7 +349,7 @@ class WanAdapter(Adapter):
             prompt=slice(0, text_length),
             concepts=0,
             batch=batch,
-            conditional_rows=slice(0, batch),
+            analysed_rows=slice(0, batch),
             frame_spans=causal_frame_spans(frames, self.temporal_compression, self.transformer.config.patch_size[0]),
             pixels_per_token=(self.spatial_compression * patch_h, self.spatial_compression * patch_w),
         )

@@ -64,7 +64,7 @@ class Lambda2(Analysis):
         self.attention_passes = 0
 
     def update(self, visit: SiteVisit) -> None:
-        rows = visit.layout.conditional_rows
+        rows = visit.layout.analysed_rows
         query, key = visit.get("q", "all"), visit.get("k", "all")
         mask = None
         if visit.site.kind == "joint" and visit.layout.prompt_mask is not None:

@@ -20,8 +20,8 @@ class UnconditionalRowsAnalysed(CogVideoXAdapter):
 
     def _layout(self, batch, *args, **kwargs):
         layout = super()._layout(batch, *args, **kwargs)
-        if layout.conditional_rows.start:
-            layout = dataclasses.replace(layout, conditional_rows=slice(0, batch // 2))
+        if layout.analysed_rows.start:
+            layout = dataclasses.replace(layout, analysed_rows=slice(0, batch // 2))
         return layout
 
 
@@ -83,7 +83,7 @@ def named_check(checks, name: str, case: str):
 
 
 ADAPTER_MUTANTS = [
-    (UnconditionalRowsAnalysed, "only_conditional_rows_analysed", "5b"),
+    (UnconditionalRowsAnalysed, "only_analysed_rows_analysed", "5b"),
     (TimestepScaled, "renoise_step_matches_pipeline_step", "5b"),
     (FramesTransposed, "planted_maps_localise", "planted"),
     (RowsAndColumnsSwapped, "planted_maps_localise", "planted"),

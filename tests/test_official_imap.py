@@ -32,7 +32,7 @@ NAMED, SLOTS, HEADS, FRAMES = ["dog", "grass"], 5, 4, 3  # two concepts and thre
 def padded_visits(count=2):
     """CFG-batched visits (row 1 conditional) whose concept tensors hold five slots."""
     return [random_visit(batch=2, heads=HEADS, frames=FRAMES, concepts=SLOTS, seed=seed, layer=seed,
-                         conditional_rows=slice(1, 2)) for seed in range(count)]
+                         analysed_rows=slice(1, 2)) for seed in range(count)]
 
 
 def head_columns(visit, peaks=None):

@@ -323,7 +323,7 @@ def test_geometry_layout_and_frame_spans():
     layout = adapter.layout_for(17, 32, 64)
     assert (layout.frames, layout.height, layout.width, layout.prompt_tokens) == (5, 2, 4, 512)
     assert layout.frame_spans == ((0, 0), (1, 4), (5, 8), (9, 12), (13, 16))
-    assert layout.pixels_per_token == (16, 16) and layout.conditional_rows == slice(0, 1)
+    assert layout.pixels_per_token == (16, 16) and layout.analysed_rows == slice(0, 1)
     with pytest.raises(ValueError, match=r"num_frames must be 4\*n \+ 1 .*width must be a positive multiple of 16"):
         adapter.check_geometry(10, 32, 40)
     with pytest.raises(ValueError, match="at most 512 pixels"):

@@ -166,7 +166,7 @@ def concept_block_hooks(blocks: list[nn.Module], runtime: Runtime, temb: str = "
     def before_block(block, args, kwargs):
         if runtime.concepts_active:
             embedding = call_argument(block, args, kwargs, temb)
-            runtime.concept_state.before_block(block, embedding[runtime.layout.conditional_rows])
+            runtime.concept_state.before_block(block, embedding[runtime.layout.analysed_rows])
 
     def after_block(block, args, output):
         if runtime.concepts_active:

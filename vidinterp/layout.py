@@ -4,7 +4,7 @@ Every site tensor has the layout ``[batch, heads, tokens, head_dim]``. The *join
 site (``hook_q``, ``hook_k``, ``hook_v``, ``hook_z``) holds the model's own tokens in the model's
 order (CogVideoX: prompt then visual; HunyuanVideo: visual then prompt). Concept tokens never
 enter that sequence: they live in the separate concept stream (``hook_concept_*``), whose batch
-holds only the conditional rows (``TokenLayout.conditional_rows``).
+holds only the conditional rows (``TokenLayout.analysed_rows``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class TokenLayout:
             visual tokens, e.g. self-attention of a cross-attention DiT).
         concepts: number of concept tokens ``C`` in the concept stream (0 when none).
         batch: batch size of the call.
-        conditional_rows: rows of the batch that belong to the conditional CFG branch.
+        analysed_rows: rows of the batch that belong to the conditional CFG branch.
         prompt_mask: optional ``[batch, prompt_tokens]`` bool, True where a prompt token is real
             (not padding); ``None`` when the model attends to every prompt slot.
         frame_spans: ``(first, last)`` pixel-frame index covered by each latent token frame
@@ -63,7 +63,7 @@ class TokenLayout:
     prompt: slice
     concepts: int
     batch: int
-    conditional_rows: slice
+    analysed_rows: slice
     prompt_mask: torch.Tensor | None = None
     frame_spans: tuple[tuple[int, int], ...] = ()
     pixels_per_token: tuple[int, int] = (1, 1)
@@ -83,8 +83,8 @@ class TokenLayout:
         return self.height * self.width
 
     @property
-    def conditional_batch(self) -> int:
-        return len(range(self.batch)[self.conditional_rows])
+    def analysed_batch(self) -> int:
+        return len(range(self.batch)[self.analysed_rows])
 
     def __post_init__(self) -> None:
         expected = self.frames * self.height * self.width

@@ -10,7 +10,7 @@ in the model's module tree at ``<attention module>.processor.hook_q`` and so on;
 ``hook_v``                    ``[batch, heads, tokens, head_dim]``
 ``hook_z``                    per-head attention output before the output projection, same
                               layout (queries' tokens)
-``hook_concept_q|k|v|z``      the concept stream's twins, ``[conditional_batch, heads, C,
+``hook_concept_q|k|v|z``      the concept stream's twins, ``[analysed_batch, heads, C,
                               head_dim]`` (only on sites that carry the concept stream)
 ============================  ================================================================
 """
@@ -83,7 +83,7 @@ class SiteVisit:
     ``tensors`` maps ``"q" | "k" | "v" | "z"`` to ``[batch, heads, tokens, head_dim]`` tensors of
     the joint sequence (full batch) and ``parts`` maps each of them to the token slices of its
     ``"visual"`` and ``"prompt"`` parts. ``concept_tensors`` maps the same letters to
-    ``[conditional_batch, heads, C, head_dim]`` tensors of the concept stream (or of prompt
+    ``[analysed_batch, heads, C, head_dim]`` tensors of the concept stream (or of prompt
     tokens standing in for concepts, for models without a stream).
     """
 
@@ -118,11 +118,11 @@ class SiteVisit:
         if part == "all":
             if tensor not in self.tensors:
                 raise KeyError(f"site {self.site.name} provides no {tensor!r}; it provides {sorted(self.tensors)}")
-            return self.tensors[tensor][self.layout.conditional_rows]
+            return self.tensors[tensor][self.layout.analysed_rows]
         token_slice = self.parts.get(tensor, {}).get(part)
         if token_slice is None:
             raise KeyError(f"site {self.site.name} ({self.site.kind}) has no {part} tokens in {tensor!r}")
-        rows = self.layout.conditional_rows
+        rows = self.layout.analysed_rows
         return self.tensors[tensor][rows, :, token_slice]
 
     def provides(self, tensor: str, part: str) -> bool:

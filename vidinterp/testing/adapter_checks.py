@@ -267,7 +267,7 @@ class _VisitRecorder(Analysis):
         return xr.Dataset()
 
 
-def check_only_conditional_rows_analysed(adapter_cls, tiny: TinyBuilder) -> None:
+def check_only_analysed_rows_analysed(adapter_cls, tiny: TinyBuilder) -> None:
     """With the pipeline's unconditional CFG branch on (``unconditional_branch``), analyses see
     exactly the tensors of the run without it: the conditional branch and nothing else."""
     pipe = tiny()
@@ -406,7 +406,7 @@ ADAPTER_VARIANT_CHECKS = (
     check_default_analyses_run_in_renoise_mode,
     check_renoise_step_matches_pipeline_step,
     check_timesteps_match_pipeline_schedule,
-    check_only_conditional_rows_analysed,
+    check_only_analysed_rows_analysed,
 )
 ADAPTER_PLANTED_CHECKS = (
     check_planted_maps_localise,

@@ -124,7 +124,7 @@ def _restricted(visit, requires: Iterable[tuple[str, str]]):
     """A copy of ``visit`` in which everything the analysis did not declare is NaN: token parts
     of undeclared (tensor, part) pairs, the unconditional rows, undeclared concept tensors."""
     declared = set(requires)
-    rows = visit.layout.conditional_rows
+    rows = visit.layout.analysed_rows
     tensors = {}
     for name, tensor in visit.tensors.items():
         poisoned = torch.full_like(tensor, math.nan)

@@ -224,11 +224,11 @@ def random_visit(
     layer: int = 0,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
-    conditional_rows: slice | None = None,
+    analysed_rows: slice | None = None,
 ):
     """A :class:`~vidinterp.sites.SiteVisit` of a joint-attention site filled with random
     tensors (prompt tokens first, then ``frames*height*width`` visual tokens), for testing
-    analyses without a model. ``conditional_rows`` (default: every row) are the rows of the
+    analyses without a model. ``analysed_rows`` (default: every row) are the rows of the
     conditional CFG branch; the concept tensors hold those rows only, as a traced site's do."""
     from vidinterp.layout import TokenLayout
     from vidinterp.sites import SiteSpec, SiteVisit
@@ -239,11 +239,11 @@ def random_visit(
     layout = TokenLayout(
         frames=frames, height=height, width=width, visual=slice(prompt_tokens, tokens),
         prompt=slice(0, prompt_tokens), concepts=concepts, batch=batch,
-        conditional_rows=slice(0, batch) if conditional_rows is None else conditional_rows,
+        analysed_rows=slice(0, batch) if analysed_rows is None else analysed_rows,
         frame_spans=tuple((f, f) for f in range(frames)), pixels_per_token=(8, 8),
     )
     joint = {name: torch.randn(batch, heads, tokens, head_dim, generator=generator).to(dtype) for name in "qkvz"}
-    conditional = len(range(batch)[layout.conditional_rows])
+    conditional = len(range(batch)[layout.analysed_rows])
     concept = {name: torch.randn(conditional, heads, concepts, head_dim, generator=generator).to(dtype) for name in "qkvz"}
     parts = {"visual": layout.visual, "prompt": layout.prompt}
     spec = SiteSpec(name=f"blocks.{layer}.attn", layer=layer, module_path=f"blocks.{layer}", heads=heads,
