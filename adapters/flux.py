@@ -10,8 +10,10 @@ have position ids 0 (identity rotation), and so do the concepts, which therefore
 
 CFG: Flux is guidance-distilled; ``guidance_scale`` is an embedded scalar, so there is no
 batched CFG (``cfg_batched`` is False). With true CFG (``true_cfg_scale > 1`` and a negative
-prompt) the pipeline calls the transformer twice per step, conditional first: the second call of a
-step is not analysed.
+prompt) the pipeline makes a second, ``"uncond"`` call per step, which is not analysed.
+
+Attention is captured where the stock processor calls diffusers' attention dispatch, so any
+processor that dispatches (and the backend the user chose) works.
 
 Concept stream (docs/methods.md): concepts are T5-encoded like the prompt (each alone, padded to the
 prompt's ``max_sequence_length``), projected by ``context_embedder`` and updated in the dual-stream
@@ -31,101 +33,16 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, joint_site_specs, reduce_concept_rows, word_pieces
-from vidinterp.layout import TokenLayout
+from vidinterp.adapter import ConceptReduction, ConceptTokens, joint_site_specs, reduce_concept_rows, word_pieces
+from vidinterp.layout import TokenLayout, token_layout
 from vidinterp.prompt_words import PromptWords, locate_prompt_words
 from vidinterp.registry import register_adapter
-from vidinterp.runtime import Runtime
-from vidinterp.sites import SiteProcessor, SiteSpec
+from vidinterp.sites import SiteSpec
 
-from ._mmdit import (
-    ImageMMDiTAdapter,
-    concept_attention,
-)
+from ._mmdit import ImageMMDiTAdapter
 
-__all__ = ["FluxAdapter", "FluxSiteProcessor"]
-
-
-class FluxSiteProcessor(SiteProcessor):
-    """``FluxAttnProcessor`` with hook points; on dual-stream sites also the concept stream.
-
-    The stock processor works in ``[batch, tokens, heads, head_dim]``; the hook points see the
-    same tensors transposed to ``[batch, heads, tokens, head_dim]`` (views, no copies), and
-    what a hook returns is transposed back, so the attention call is the stock one.
-    """
-
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.embeddings import apply_rotary_emb
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
-
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        if attn.added_kv_proj_dim is not None:
-            encoder_query = attn.norm_added_q(encoder_query.unflatten(-1, (-1, attn.head_dim)))
-            encoder_key = attn.norm_added_k(encoder_key.unflatten(-1, (-1, attn.head_dim)))
-            encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))
-            query = torch.cat([encoder_query, query], dim=1)
-            key = torch.cat([encoder_key, key], dim=1)
-            value = torch.cat([encoder_value, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
-        # [B, S, H, d] -> hook points in [B, H, S, d] -> back.
-        query = self.hook_q(query.transpose(1, 2))
-        key = self.hook_k(key.transpose(1, 2))
-        value = self.hook_v(value.transpose(1, 2))
-        output = dispatch_attention_fn(
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
-            attn_mask=attention_mask,
-            backend=getattr(self.original, "_attention_backend", None),
-            parallel_config=getattr(self.original, "_parallel_config", None),
-        )
-        output = self.hook_z(output.transpose(1, 2))
-
-        if encoder_hidden_states is not None:
-            text_length = encoder_hidden_states.shape[1]
-        else:  # single-stream block: the prompt tokens lead the joint sequence it receives
-            text_length = self.runtime.layout.prompt_tokens
-        concept_tensors = {}
-        if self.spec.concept_stream and self.runtime.concepts_active:
-            rows = self.runtime.layout.analysed_rows
-            concept_tensors = concept_attention(self, attn, key[rows, :, text_length:], value[rows, :, text_length:])
-        parts = {"prompt": slice(0, text_length), "visual": slice(text_length, query.shape[2])}
-        self.report(
-            {"q": query, "k": key, "v": value, "z": output},
-            {name: parts for name in ("q", "k", "v", "z")},
-            concept_tensors,
-        )
-
-        hidden_states = output.transpose(1, 2).flatten(2, 3)
-        hidden_states = hidden_states.to(query.dtype)
-        if encoder_hidden_states is None:
-            return hidden_states
-        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-            [text_length, hidden_states.shape[1] - text_length], dim=1
-        )
-        hidden_states = attn.to_out[0](hidden_states.contiguous())
-        hidden_states = attn.to_out[1](hidden_states)
-        encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-        return hidden_states, encoder_hidden_states
+__all__ = ["FluxAdapter"]
 
 
 @register_adapter
@@ -133,29 +50,17 @@ class FluxAdapter(ImageMMDiTAdapter):
     family = "flux"
     transformer_class_names = ("FluxTransformer2DModel",)
     default_renoise_guidance = None  # embedded guidance: keep the pipeline default
-    prompt_first = True
+    token_order = "prompt_first"
 
-    # ---------------------------------------------------------------- sites
+    # ---------------------------------------------------------------- sites and calls
     def site_specs(self) -> list[SiteSpec]:
         return joint_site_specs(
             self.transformer, [("transformer_blocks", "attn", True), ("single_transformer_blocks", "attn", False)]
         )
 
-    def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
-        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
-        if type(original) is not FluxAttnProcessor:
-            raise NotImplementedError(
-                f"{spec.module_path} uses {type(original).__name__}; vidinterp reproduces only "
-                f"FluxAttnProcessor (unload IP-adapters and custom processors first)"
-            )
-        return FluxSiteProcessor(spec, original, runtime)
-
-    def _call_layout(self, module: nn.Module, args: tuple, kwargs: dict,
-                     runtime: Runtime) -> tuple[TokenLayout, bool, torch.Tensor]:
-        latents = call_argument(module, args, kwargs, "hidden_states")
-        prompt = call_argument(module, args, kwargs, "encoder_hidden_states")
-        image_ids = call_argument(module, args, kwargs, "img_ids")
+    def call_layout(self, arguments: dict[str, Any], pixel_frames: int | None) -> TokenLayout:
+        """The visual grid comes from ``img_ids`` (row and column ids of the packed tokens)."""
+        latents, image_ids = arguments["hidden_states"], arguments["img_ids"]
         image_ids = image_ids[0] if image_ids.ndim == 3 else image_ids
         rows, columns = (int(image_ids[:, axis].max()) + 1 for axis in (1, 2))
         if rows * columns != latents.shape[1]:
@@ -163,20 +68,9 @@ class FluxAdapter(ImageMMDiTAdapter):
                 f"img_ids span a {rows}x{columns} grid but the call has {latents.shape[1]} visual "
                 f"tokens; vidinterp supports plain FluxPipeline calls (no extra conditioning tokens)"
             )
-        layout = self._layout(latents.shape[0], rows, columns, prompt.shape[1], cfg_batched=False)
-        return layout, self._is_conditional_call(runtime), prompt
-
-    def _is_conditional_call(self, runtime: Runtime) -> bool:
-        """True CFG runs the conditional call first and the negative one second within a step,
-        which the pipeline marks with the same ``_current_timestep`` object. Outside the
-        pipeline (renoising) ``_current_timestep`` does not change, but the step does."""
-        key = (runtime.step, getattr(self.pipe, "_current_timestep", None))
-        previous, self._last_call = self._last_call, key
-        return previous is None or key[1] is None or previous[0] != key[0] or previous[1] is not key[1]
-
-    def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
-        self._last_call: tuple[int, object] | None = None
-        return super().register_hooks(runtime)
+        cell = self.geometry().token_cell
+        return token_layout(1, rows, columns, arguments["encoder_hidden_states"].shape[1], self.token_order,
+                            batch=latents.shape[0], frame_spans=((0, 0),), pixels_per_token=(cell, cell))
 
     # ---------------------------------------------------------------- text
     @property
@@ -208,10 +102,9 @@ class FluxAdapter(ImageMMDiTAdapter):
                                    max_length=self.max_sequence_length, model="Flux")
 
     # ---------------------------------------------------------------- geometry
-    @property
-    def token_cell(self) -> int:
-        """VAE compression times the 2x2 latent packing (times the transformer's patch size)."""
-        return int(self.pipe.vae_scale_factor) * 2 * int(self.transformer.config.patch_size)
+    def patch(self) -> int:
+        """The 2x2 latent packing times the transformer's patch size."""
+        return 2 * int(self.transformer.config.patch_size)
 
     # ---------------------------------------------------------------- running
     def cfg_batched(self, guidance_scale: float) -> bool:
@@ -258,16 +151,17 @@ class FluxAdapter(ImageMMDiTAdapter):
 
         def call(current: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             packed = pipe._pack_latents(current, batch, channels, height, width)
-            output = transformer(
-                hidden_states=packed,
-                timestep=timestep.expand(batch).to(packed.dtype) / 1000,
-                guidance=guidance,
-                pooled_projections=pooled,
-                encoder_hidden_states=prompt_embeds,
-                txt_ids=text_ids,
-                img_ids=image_ids,
-                return_dict=False,
-            )[0]
+            with transformer.cache_context("cond"):
+                output = transformer(
+                    hidden_states=packed,
+                    timestep=timestep.expand(batch).to(packed.dtype) / 1000,
+                    guidance=guidance,
+                    pooled_projections=pooled,
+                    encoder_hidden_states=prompt_embeds,
+                    txt_ids=text_ids,
+                    img_ids=image_ids,
+                    return_dict=False,
+                )[0]
             return pipe._unpack_latents(output, height * scale, width * scale, scale)
 
         return call

@@ -5,8 +5,10 @@ the concept stream. Token order of a joint call: the ``h*w`` visual tokens first
 prompt tokens: the joint CLIP embedding (CLIP-L and CLIP-G penultimate hidden states side by
 side, zero-padded to the T5 width; ``tokenizer_max_length`` rows, BOS first) followed by the T5
 rows (``max_sequence_length``; zeros without T5). Every slot is attended; no rotary.
-CFG runs in one batched call: rows ``[0, B/2)`` unconditional, ``[B/2, B)`` conditional.
-Skip-layer guidance adds a conditional call with some blocks skipped: it is not analysed.
+CFG runs in one batched call: rows ``[0, B/2)`` unconditional, ``[B/2, B)`` conditional (the
+pipeline announces no branch, so the trace's guidance tells; :mod:`vidinterp.branches`).
+Skip-layer guidance adds a conditional call with some blocks skipped: it is not analysed. The
+stock processor calls SDPA itself, so the sites use a rewritten one.
 
 The last block is ``context_pre_only``: its prompt stream ends after the attention (no
 ``to_add_out``, no prompt MLP), so the concepts attend there (their per-head outputs are
@@ -35,23 +37,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidinterp.adapter import ConceptReduction, ConceptTokens, call_argument, joint_site_specs, reduce_concept_rows, word_pieces
-from vidinterp.layout import TokenLayout
+from vidinterp.adapter import ConceptReduction, ConceptTokens, joint_site_specs, reduce_concept_rows, word_pieces
+from vidinterp.layout import TokenLayout, token_layout
+from vidinterp.processors import SiteObserver, SiteProcessor, attention
 from vidinterp.registry import register_adapter
-from vidinterp.runtime import Runtime
-from vidinterp.sites import SiteProcessor, SiteSpec
+from vidinterp.sites import SiteSpec
 
-from ._mmdit import (
-    ImageMMDiTAdapter,
-    concept_attention,
-)
+from ._mmdit import ImageMMDiTAdapter
 
 __all__ = ["SD3Adapter", "SD3SiteProcessor"]
 
 
 class SD3SiteProcessor(SiteProcessor):
-    """``JointAttnProcessor2_0`` of a joint block with hook points and the concept stream
-    (its tensors are already ``[batch, heads, tokens, head_dim]``)."""
+    """``JointAttnProcessor2_0`` of a joint block, operation for operation, with hook points (its
+    tensors are already ``[batch, heads, tokens, head_dim]``)."""
 
     def __call__(
         self,
@@ -83,24 +82,10 @@ class SD3SiteProcessor(SiteProcessor):
             encoder_query = attn.norm_added_q(encoder_query)
         if attn.norm_added_k is not None:
             encoder_key = attn.norm_added_k(encoder_key)
-        query = self.hook_q(torch.cat([query, encoder_query], dim=2))
-        key = self.hook_k(torch.cat([key, encoder_key], dim=2))
-        value = self.hook_v(torch.cat([value, encoder_value], dim=2))
-
-        output = self.hook_z(F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False))
-
-        concept_tensors = {}
-        if self.runtime.concepts_active:
-            rows = self.runtime.layout.analysed_rows
-            concept_tensors = concept_attention(
-                self, attn, key[rows, :, :visual_tokens], value[rows, :, :visual_tokens]
-            )
-        parts = {"visual": slice(0, visual_tokens), "prompt": slice(visual_tokens, query.shape[2])}
-        self.report(
-            {"q": query, "k": key, "v": value, "z": output},
-            {name: parts for name in ("q", "k", "v", "z")},
-            concept_tensors,
-        )
+        query = torch.cat([query, encoder_query], dim=2)
+        key = torch.cat([key, encoder_key], dim=2)
+        value = torch.cat([value, encoder_value], dim=2)
+        output = self.attend(attn, query, key, value, lambda q, k, v: attention(self.original, q, k, v))
 
         hidden_states = output.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
         hidden_states = hidden_states.to(query.dtype)
@@ -116,32 +101,35 @@ class SD3SiteProcessor(SiteProcessor):
 class SD3Adapter(ImageMMDiTAdapter):
     family = "sd3"
     transformer_class_names = ("SD3Transformer2DModel",)
-    prompt_first = False
+    token_order = "visual_first"
 
-    # ---------------------------------------------------------------- sites
+    # ---------------------------------------------------------------- sites and calls
     def site_specs(self) -> list[SiteSpec]:
         return joint_site_specs(self.transformer, [("transformer_blocks", "attn", True)])
 
-    def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
+    def make_processor(self, spec: SiteSpec, original: object, observer: SiteObserver) -> SiteProcessor:
+        """The stock processor calls SDPA itself, so it is rewritten; a processor of another type
+        would silently lose its behaviour, so it is refused."""
         from diffusers.models.attention_processor import JointAttnProcessor2_0
 
         if type(original) is not JointAttnProcessor2_0:
             raise NotImplementedError(
-                f"{spec.module_path} uses {type(original).__name__}; vidinterp reproduces only "
-                f"JointAttnProcessor2_0 (call transformer.unfuse_qkv_projections(), unload IP-adapters)"
+                f"{spec.module_path} uses {type(original).__name__}; vidinterp's SD3 sites rewrite "
+                f"JointAttnProcessor2_0 (it calls SDPA directly), which would drop what another processor does: "
+                f"call transformer.unfuse_qkv_projections() or unload IP-adapters first"
             )
-        return SD3SiteProcessor(spec, original, runtime)
+        return SD3SiteProcessor(spec, original, observer)
 
-    def _call_layout(self, module: nn.Module, args: tuple, kwargs: dict,
-                     runtime: Runtime) -> tuple[TokenLayout, bool, torch.Tensor]:
-        latents = call_argument(module, args, kwargs, "hidden_states")
-        prompt = call_argument(module, args, kwargs, "encoder_hidden_states")
-        skip_layers = call_argument(module, args, kwargs, "skip_layers")
-        patch = int(self.transformer.config.patch_size)
-        batch, _, latent_height, latent_width = latents.shape
-        layout = self._layout(batch, latent_height // patch, latent_width // patch, prompt.shape[1],
-                              runtime.cfg_batched)
-        return layout, not skip_layers, prompt
+    def call_layout(self, arguments: dict[str, Any], pixel_frames: int | None) -> TokenLayout:
+        batch, _, latent_height, latent_width = arguments["hidden_states"].shape
+        patch, cell = self.patch(), self.geometry().token_cell
+        return token_layout(1, latent_height // patch, latent_width // patch,
+                            arguments["encoder_hidden_states"].shape[1], self.token_order, batch=batch,
+                            frame_spans=((0, 0),), pixels_per_token=(cell, cell))
+
+    def is_perturbed_call(self, arguments: dict[str, Any]) -> bool:
+        """Skip-layer guidance's extra call (``skip_layers``) runs a perturbed branch."""
+        return bool(arguments.get("skip_layers"))
 
     # ---------------------------------------------------------------- text
     @property
@@ -182,11 +170,9 @@ class SD3Adapter(ImageMMDiTAdapter):
         return ConceptTokens(list(concepts), embeddings, pieces, reduction)
 
     # ---------------------------------------------------------------- geometry
-    @property
-    def token_cell(self) -> int:
-        return int(self.pipe.vae_scale_factor) * int(self.transformer.config.patch_size)
+    def patch(self) -> int:
+        return int(self.transformer.config.patch_size)
 
-    @property
     def max_token_grid(self) -> int | None:
         """The positional embedding's ``pos_embed_max_size``."""
         size = self.transformer.config.pos_embed_max_size
@@ -220,7 +206,7 @@ class SD3Adapter(ImageMMDiTAdapter):
 
         def call(current: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             model_input = torch.cat([current] * 2) if cfg else current
-            output = transformer(
+            output = transformer(  # SD3's transformer has no cache_context: the trace's guidance tells
                 hidden_states=model_input,
                 timestep=timestep.expand(model_input.shape[0]),
                 encoder_hidden_states=prompt_embeds,

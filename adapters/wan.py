@@ -9,29 +9,26 @@ Wan is a cross-attention DiT. Every block ``blocks.{l}`` has two sites:
   ``T`` = ``max_sequence_length`` slots, padding included: Wan attends to every slot, the
   padding slots hold the text projection of zero embeddings). No rotary.
 
+Attention is captured where the stock processor calls diffusers' attention dispatch.
 Image-to-video (Wan2.1 I2V, ``added_kv_proj_dim`` set): ``attn2`` also receives the CLIP image
-context, prepended to the prompt. The stock processor splits it off (everything before the last
-512 tokens), and the visual queries attend to it in a *separate* softmax whose output is added
-to the text-attention output before the output projection. So at the cross site ``hook_k`` and
-``hook_v`` hold the prompt tokens only, and ``hook_z`` is the per-head sum ``z_text + z_image``
-that enters ``to_out`` (editing it edits the whole head). The image branch has its own hook
-points on the processor, outside the stable hook-name set: ``hook_image_k``/``hook_image_v``
+context, prepended to the prompt. The stock processor splits it off and lets the visual queries
+attend to it first, in a *separate* softmax whose output it adds to the text attention's output
+before the output projection. So the cross site makes two attention calls (``attentions =
+("image", "main")``): ``hook_k``/``hook_v``/``hook_z`` are the text attention's, and the image
+branch has its own hook points outside the stable set, ``hook_image_k``/``hook_image_v``
 (``[batch, heads, I, head_dim]``, ``I`` image-context tokens, after ``norm_added_k``) and
-``hook_image_z`` (``[batch, heads, F*h*w, head_dim]``, the image branch's output before the
-sum), reachable as ``graph["blocks.3.cross_attn"].hook_image_k`` or by module path
+``hook_image_z`` (``[batch, heads, F*h*w, head_dim]``), reachable as
+``graph["blocks.3.cross_attn"].hook_image_k`` or by module path
 ``blocks.3.attn2.processor.hook_image_k``.
 
-No concept stream (docs/methods.md, "Prompt-word concepts (Wan)"): a concept must be a word
-(or run of words) of the prompt. :meth:`WanAdapter.concept_state` maps each concept to its
-token positions in the tokenized prompt; at every cross site the prompt keys and values at
-those positions, reduced over sub-tokens (``"first"`` or ``"mean"``), are the visit's concept
-tensors ``k``/``v`` (``[cond_batch, heads, C, head_dim]``), so analyses reading
+No concept stream (docs/methods.md, "Prompt-word concepts (Wan)"): a concept must be a word (or
+run of words) of the prompt (:meth:`WanAdapter.prompt_words`); at every cross site the prompt
+keys and values at its tokens, reduced over sub-tokens (``"first"`` or ``"mean"``), are the
+visit's concept tensors ``k``/``v`` (``[B_c, heads, C, head_dim]``), so analyses reading
 ``("k", "concept")`` run unchanged.
 
-CFG: the pipelines make two separate transformer calls per step, conditional first, then
-unconditional, with the same latents and timestep. A call that repeats the previous call's step
-index and timestep is the unconditional one: it is neither analysed nor counted as a step, and
-the processors skip all extra work in it (hook points still fire, so edits reach both branches).
+CFG: the pipelines make two separate transformer calls per step, ``cache_context("cond")`` then
+``cache_context("uncond")``; the second is not analysed (:mod:`vidinterp.branches`).
 """
 
 from __future__ import annotations
@@ -40,150 +37,15 @@ import inspect
 from typing import Any, Callable
 
 import torch
-from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from vidinterp.adapter import (
-    CONCEPT_REDUCTIONS,
-    Adapter,
-    ConceptReduction,
-    ConceptTokens,
-    call_argument,
-    call_hooks,
-    word_pieces,
-)
-from vidinterp.hooks import HookPoint
-from vidinterp.layout import TokenLayout, causal_frame_spans
+from vidinterp.adapter import CONCEPT_REDUCTIONS, Adapter, ConceptReduction, ConceptTokens, word_pieces
+from vidinterp.geometry import Geometry
+from vidinterp.layout import TokenLayout, token_layout
 from vidinterp.prompt_words import PromptWords, locate_prompt_words
 from vidinterp.registry import register_adapter
-from vidinterp.runtime import Runtime
-from vidinterp.sites import SiteProcessor, SiteSpec
+from vidinterp.sites import SiteSpec
 
-__all__ = ["WanAdapter", "WanSiteProcessor", "WAN_TEXT_CONTEXT"]
-
-#: Text-context length the stock ``WanAttnProcessor`` assumes when it splits the image context
-#: off ``attn2``'s input (hard-coded there; image-to-video prompts must be encoded to it).
-WAN_TEXT_CONTEXT = 512
-
-def _apply_rotary(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """The stock processor's rotary embedding on ``[batch, tokens, heads, head_dim]``
-    (interleaved pairs), copied operation for operation."""
-    x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
-    cos = freqs_cos[..., 0::2]
-    sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(hidden_states)
-    out[..., 0::2] = x1 * cos - x2 * sin
-    out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(hidden_states)
-
-
-class WanSiteProcessor(SiteProcessor):
-    """``WanAttnProcessor`` with hook points, for ``attn1`` (self) and ``attn2`` (cross).
-
-    Reproduces the stock math operation for operation (same projections, norms, rotary and
-    ``dispatch_attention_fn`` calls with the original processor's attention backend), so the
-    output is bit-identical; ``image_context`` adds the image-branch hook points of an
-    image-to-video ``attn2``.
-    """
-
-    def __init__(self, spec: SiteSpec, original: object, runtime: Runtime, image_context: bool = False) -> None:
-        super().__init__(spec, original, runtime)
-        if image_context:
-            self.hook_image_k = HookPoint()
-            self.hook_image_v = HookPoint()
-            self.hook_image_z = HookPoint()
-
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, parallel_config: Any) -> torch.Tensor:
-        """``[B, H, S, d]`` q/k/v -> ``[B, H, S, d]`` attention output, through the same
-        ``dispatch_attention_fn`` call as the stock processor (which takes ``[B, S, H, d]``)."""
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-        output = dispatch_attention_fn(
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=getattr(self.original, "_attention_backend", None),
-            parallel_config=parallel_config,
-        )
-        return output.type_as(query).transpose(1, 2)
-
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        from diffusers.models.transformers.transformer_wan import (
-            _get_added_kv_projections,
-            _get_qkv_projections,
-        )
-
-        encoder_hidden_states_img = None
-        if attn.add_k_proj is not None:
-            image_context_length = encoder_hidden_states.shape[1] - WAN_TEXT_CONTEXT
-            encoder_hidden_states_img = encoder_hidden_states[:, :image_context_length]
-            encoder_hidden_states = encoder_hidden_states[:, image_context_length:]
-
-        query, key, value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        query = query.unflatten(2, (attn.heads, -1))
-        key = key.unflatten(2, (attn.heads, -1))
-        value = value.unflatten(2, (attn.heads, -1))
-        if rotary_emb is not None:
-            query = _apply_rotary(query, *rotary_emb)
-            key = _apply_rotary(key, *rotary_emb)
-        # [B, S, H, d] -> [B, H, S, d] views for the hook points.
-        query = self.hook_q(query.transpose(1, 2))
-        key = self.hook_k(key.transpose(1, 2))
-        value = self.hook_v(value.transpose(1, 2))
-
-        image_output = None
-        if encoder_hidden_states_img is not None:
-            key_img, value_img = _get_added_kv_projections(attn, encoder_hidden_states_img)
-            key_img = attn.norm_added_k(key_img)
-            key_img = self.hook_image_k(key_img.unflatten(2, (attn.heads, -1)).transpose(1, 2))
-            value_img = self.hook_image_v(value_img.unflatten(2, (attn.heads, -1)).transpose(1, 2))
-            image_output = self.hook_image_z(self._attend(query, key_img, value_img, None, None))
-
-        parallel_config = getattr(self.original, "_parallel_config", None) if encoder_hidden_states is None else None
-        output = self._attend(query, key, value, attention_mask, parallel_config)
-        if image_output is not None:
-            output = output + image_output
-        output = self.hook_z(output)
-
-        if self.runtime.active:
-            self._report(query, key, value, output)
-
-        hidden_states = output.transpose(1, 2).flatten(2, 3)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        return hidden_states
-
-    def _report(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, output: torch.Tensor) -> None:
-        """Hand the conditional call's tensors to the runtime; at cross sites with concepts,
-        the concepts' prompt keys/values ``[cond_batch, heads, C, head_dim]`` too."""
-        visual = {"visual": slice(0, query.shape[2])}
-        if self.spec.kind == "self":
-            self.report({"q": query, "k": key, "v": value, "z": output}, dict.fromkeys("qkvz", visual))
-            return
-        prompt = {"prompt": slice(0, key.shape[2])}
-        concept_tensors = {}
-        if self.runtime.concepts_active:
-            state: PromptWords = self.runtime.concept_state
-            rows = self.runtime.layout.analysed_rows
-            concept_tensors = {"k": state.gather(key[rows]), "v": state.gather(value[rows])}
-        self.report(
-            {"q": query, "k": key, "v": value, "z": output},
-            {"q": visual, "z": visual, "k": prompt, "v": prompt},
-            concept_tensors,
-        )
+__all__ = ["WanAdapter"]
 
 
 def _to_image(frame: torch.Tensor):
@@ -204,8 +66,8 @@ class WanAdapter(Adapter):
 
     family = "wan"
     transformer_class_names = ("WanTransformer3DModel",)
+    token_order = "separate"
     default_renoise_fraction = 0.4  # reference: step 20 of 50
-    has_concept_stream = False
 
     def __init__(self, pipe) -> None:
         super().__init__(pipe)
@@ -217,43 +79,31 @@ class WanAdapter(Adapter):
         #: image-to-video renoising: ``(first frame, pixel frames)`` of the last encoded video.
         self._conditioning: tuple[Any, int] | None = None
 
-    # ---------------------------------------------------------------- sites
+    # ---------------------------------------------------------------- sites and calls
     def site_specs(self) -> list[SiteSpec]:
         specs = []
         for index, block in enumerate(self.transformer.blocks):
             for name, path, kind in (("attn", "attn1", "self"), ("cross_attn", "attn2", "cross")):
                 attention = getattr(block, path)
+                image_context = kind == "cross" and attention.add_k_proj is not None
                 specs.append(SiteSpec(
-                    name=f"blocks.{index}.{name}",
-                    layer=index,
-                    module_path=f"blocks.{index}.{path}",
-                    heads=attention.heads,
-                    head_dim=attention.inner_dim // attention.heads,
-                    kind=kind,
+                    name=f"blocks.{index}.{name}", layer=index, module_path=f"blocks.{index}.{path}",
+                    heads=attention.heads, head_dim=attention.inner_dim // attention.heads, kind=kind,
+                    attentions=("image", "main") if image_context else ("main",),
                 ))
         return specs
 
-    def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
-        image_context = self.attention_module(spec).add_k_proj is not None
-        return WanSiteProcessor(spec, original, runtime, image_context=image_context)
-
-    def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
-        """Announce each transformer call; a call repeating the previous call's step index and
-        timestep (the pipeline's unconditional CFG call) is announced as unconditional. Under
-        :func:`vidinterp.hooked`, where no driver announces steps, the timestep alone tells."""
-        previous: dict[str, Any] = {}
-
-        def before_transformer(module, args, kwargs):
-            latents = call_argument(module, args, kwargs, "hidden_states")
-            prompt = call_argument(module, args, kwargs, "encoder_hidden_states")
-            timestep = call_argument(module, args, kwargs, "timestep")
-            batch, _, latent_frames, latent_height, latent_width = latents.shape
-            layout = self._layout(batch, latent_frames, latent_height, latent_width, prompt.shape[1])
-            repeated = previous.get("step") == runtime.step and torch.equal(previous["timestep"], timestep)
-            previous.update(step=runtime.step, timestep=timestep.detach().clone())
-            runtime.begin_call(layout, conditional=not repeated)
-
-        return call_hooks(self.transformer, runtime, before_transformer)
+    def call_layout(self, arguments: dict[str, Any], pixel_frames: int | None) -> TokenLayout:
+        """Every site tensor indexes its own tokens from 0: visual tokens (``hook_q``/``hook_z``,
+        and ``hook_k``/``hook_v`` at self sites) ``[0, F*h*w)``, prompt tokens
+        (``hook_k``/``hook_v`` at cross sites) ``[0, T)``."""
+        batch, _, latent_frames, latent_height, latent_width = arguments["hidden_states"].shape
+        geometry = self.geometry()
+        frames = latent_frames // geometry.temporal_patch
+        return token_layout(frames, latent_height // geometry.patch, latent_width // geometry.patch,
+                            arguments["encoder_hidden_states"].shape[1], self.token_order, batch=batch,
+                            frame_spans=self.frame_spans(frames, pixel_frames),
+                            pixels_per_token=(geometry.token_cell, geometry.token_cell))
 
     def cfg_batched(self, guidance_scale: float) -> bool:
         """Never: the Wan pipelines run the CFG branches as separate calls."""
@@ -274,23 +124,6 @@ class WanAdapter(Adapter):
         pieces = [word_pieces(self.pipe.tokenizer, concept)[1] for concept in concepts]
         return ConceptTokens(list(concepts), torch.zeros(len(concepts), 0), pieces, reduction)
 
-    def concept_state(self, concepts: ConceptTokens, prompt: str | None) -> PromptWords:
-        """Map each concept to its token positions in ``prompt`` as the pipeline tokenizes it
-        (cleaned, special tokens added, truncated to ``max_sequence_length``); see
-        :func:`~vidinterp.prompt_words.locate_prompt_words`.
-
-        Raises:
-            ValueError: without a prompt, or naming the prompt's words when a concept is not
-                among them.
-        """
-        names = list(concepts.names)
-        if not prompt:
-            raise ValueError(
-                f"Wan has no concept stream: concepts {names} must be words of the prompt, so a prompt "
-                f"is needed (trace(..., prompt=...) or hooked(..., prompt=...))"
-            )
-        return self.prompt_words(prompt, names, concepts.reduction)
-
     def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> PromptWords:
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
@@ -298,68 +131,25 @@ class WanAdapter(Adapter):
                                    max_length=self.max_text_length, model="Wan (no concept stream)")
 
     # ---------------------------------------------------------------- geometry
-    def default_geometry(self) -> tuple[int, int, int]:
-        """The transformer config's ``native_geometry`` ``(frames, height, width)`` when set
-        (tiny pipelines set it), else the pipeline's ``__call__`` defaults (Wan2.1: 81 frames
-        at 480x832)."""
-        native = self.transformer.config.get("native_geometry")
-        if native is not None:
-            return tuple(int(size) for size in native)
-        parameters = inspect.signature(type(self.pipe).__call__).parameters
-        return tuple(int(parameters[name].default) for name in ("num_frames", "height", "width"))
+    @property
+    def prompt_tokens(self) -> int:
+        return self.max_text_length
 
-    def check_geometry(self, num_frames: int, height: int, width: int) -> None:
+    def geometry(self) -> Geometry:
+        """Native geometry: the transformer config's ``native_geometry`` when set (tiny pipelines
+        set it), else the pipeline's ``__call__`` defaults (Wan2.1: 81 frames at 480x832). The
+        rotary table's length (``rope_max_seq_len``) bounds the token grid and frames."""
         config = self.transformer.config
-        k = self.temporal_compression
+        native = config.get("native_geometry")
+        if native is None:
+            parameters = inspect.signature(type(self.pipe).__call__).parameters
+            native = [parameters[name].default for name in ("num_frames", "height", "width")]
         patch_t, patch_h, patch_w = config.patch_size
-        limit = config.rope_max_seq_len
-        problems = []
-        if num_frames < 1 or (num_frames - 1) % k:
-            problems.append(f"num_frames must be {k}*n + 1 (e.g. {k * ((max(num_frames, 1) - 1) // k) + 1}), got {num_frames}")
-        elif ((num_frames - 1) // k + 1) % patch_t:
-            problems.append(f"the {(num_frames - 1) // k + 1} latent frames must be a multiple of the temporal patch {patch_t}")
-        elif ((num_frames - 1) // k + 1) // patch_t > limit:
-            problems.append(f"num_frames gives more than rope_max_seq_len={limit} token frames")
-        for name, size, patch in (("height", height, patch_h), ("width", width, patch_w)):
-            cell = self.spatial_compression * patch
-            if size < cell or size % cell:
-                problems.append(f"{name} must be a positive multiple of {cell} pixels, got {size}")
-            elif size // cell > limit:
-                problems.append(f"{name} must be at most {cell * limit} pixels (rope_max_seq_len={limit}), got {size}")
-        if problems:
-            default = self.default_geometry()
-            raise ValueError(
-                "invalid video geometry for Wan: " + "; ".join(problems)
-                + f" (this model's native geometry: {default[0]} frames at {default[1]}x{default[2]})"
-            )
-
-    def _layout(self, batch: int, latent_frames: int, latent_height: int, latent_width: int,
-                text_length: int) -> TokenLayout:
-        """One call's layout. Every site tensor indexes its own tokens from 0: visual tokens
-        (``hook_q``/``hook_z``, and ``hook_k``/``hook_v`` at self sites) ``[0, F*h*w)``, prompt
-        tokens (``hook_k``/``hook_v`` at cross sites) ``[0, T)``. The whole batch is
-        conditional (CFG branches are separate calls)."""
-        patch_t, patch_h, patch_w = self.transformer.config.patch_size
-        frames, height, width = latent_frames // patch_t, latent_height // patch_h, latent_width // patch_w
-        return TokenLayout(
-            frames=frames,
-            height=height,
-            width=width,
-            visual=slice(0, frames * height * width),
-            prompt=slice(0, text_length),
-            concepts=0,
-            batch=batch,
-            analysed_rows=slice(0, batch),
-            frame_spans=causal_frame_spans(frames, self.temporal_compression, self.transformer.config.patch_size[0]),
-            pixels_per_token=(self.spatial_compression * patch_h, self.spatial_compression * patch_w),
-        )
-
-    def layout_for(self, num_frames: int, height: int, width: int, batch: int = 1) -> TokenLayout:
-        self.check_geometry(num_frames, height, width)
-        return self._layout(
-            batch, (num_frames - 1) // self.temporal_compression + 1, height // self.spatial_compression,
-            width // self.spatial_compression, self.max_text_length,
-        )
+        if patch_h != patch_w:
+            raise NotImplementedError(f"Wan with a non-square patch {config.patch_size} is not supported")
+        return Geometry(model="Wan", native=tuple(int(size) for size in native), temporal_compression=self.temporal_compression,
+                        spatial_compression=self.spatial_compression, patch=int(patch_h), temporal_patch=int(patch_t),
+                        max_grid=int(config.rope_max_seq_len), max_token_frames=int(config.rope_max_seq_len))
 
     # ---------------------------------------------------------------- running
     @property

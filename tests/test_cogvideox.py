@@ -81,7 +81,7 @@ def test_concept_stream_equals_masked_joint_attention():
 
     got_per_block = []
     with torch.no_grad(), vidinterp.hooked(pipe, concepts=CONCEPTS) as graph:
-        state = graph["blocks.0.attn"].runtime.concept_state
+        state = graph["blocks.0.attn"].observer.concepts
         for block in pipe.transformer.transformer_blocks:
             block.register_forward_hook(lambda m, a, out: got_per_block.append(state.hidden.clone()))
         pipe.transformer(**inputs)
@@ -97,7 +97,7 @@ def test_concept_stream_restarts_every_call():
     inputs = transformer_inputs(pipe)
     finals = []
     with torch.no_grad(), vidinterp.hooked(pipe, concepts=CONCEPTS) as graph:
-        state = graph["blocks.0.attn"].runtime.concept_state
+        state = graph["blocks.0.attn"].observer.concepts
         for _ in range(2):
             pipe.transformer(**inputs)
             finals.append(state.hidden.clone())

@@ -16,13 +16,11 @@ from vidinterp.testing import adapter_checks, analysis_checks
 
 
 class UnconditionalRowsAnalysed(CogVideoXAdapter):
-    """Announces the unconditional half of a CFG batch as the conditional rows."""
+    """Declares that the pipeline does not stack its CFG branches, so the unconditional rows of a
+    stacked call are analysed too."""
 
-    def _layout(self, batch, *args, **kwargs):
-        layout = super()._layout(batch, *args, **kwargs)
-        if layout.analysed_rows.start:
-            layout = dataclasses.replace(layout, analysed_rows=slice(0, batch // 2))
-        return layout
+    def cfg_batched(self, guidance_scale):
+        return False
 
 
 class TimestepScaled(CogVideoXAdapter):
@@ -36,8 +34,8 @@ class TimestepScaled(CogVideoXAdapter):
 class FramesTransposed(CogVideoXAdapter):
     """Reads the visual tokens as (row, frame, column) instead of (frame, row, column)."""
 
-    def _layout(self, *args, **kwargs):
-        layout = super()._layout(*args, **kwargs)
+    def call_layout(self, arguments, pixel_frames):
+        layout = super().call_layout(arguments, pixel_frames)
         return dataclasses.replace(layout, frames=layout.height, height=layout.frames,
                                    frame_spans=causal_frame_spans(layout.height, self.temporal_compression))
 
@@ -45,16 +43,16 @@ class FramesTransposed(CogVideoXAdapter):
 class RowsAndColumnsSwapped(CogVideoXAdapter):
     """Reads each frame's tokens as (column, row)."""
 
-    def _layout(self, *args, **kwargs):
-        layout = super()._layout(*args, **kwargs)
+    def call_layout(self, arguments, pixel_frames):
+        layout = super().call_layout(arguments, pixel_frames)
         return dataclasses.replace(layout, height=layout.width, width=layout.height)
 
 
 class FrameSpansReversed(CogVideoXAdapter):
     """Maps token frames to the pixel frames of the opposite end of the clip."""
 
-    def _layout(self, *args, **kwargs):
-        layout = super()._layout(*args, **kwargs)
+    def call_layout(self, arguments, pixel_frames):
+        layout = super().call_layout(arguments, pixel_frames)
         return dataclasses.replace(layout, frame_spans=tuple(reversed(layout.frame_spans)))
 
 
@@ -83,7 +81,7 @@ def named_check(checks, name: str, case: str):
 
 
 ADAPTER_MUTANTS = [
-    (UnconditionalRowsAnalysed, "only_analysed_rows_analysed", "5b"),
+    (UnconditionalRowsAnalysed, "only_conditional_branch_analysed", "5b"),
     (TimestepScaled, "renoise_step_matches_pipeline_step", "5b"),
     (FramesTransposed, "planted_maps_localise", "planted"),
     (RowsAndColumnsSwapped, "planted_maps_localise", "planted"),

@@ -98,7 +98,7 @@ def test_concept_stream_matches_masked_brute_force(pipe):
 
     outputs, hidden = [], []
     with vidinterp.hooked(pipe, CONCEPTS, prompt=PROMPT) as graph:
-        stream = graph["blocks.0.attn"].runtime.concept_state
+        stream = graph["blocks.0.attn"].observer.concepts
         handles = []
         for index, block in enumerate(blocks):
             graph.module(f"blocks.{index}.attn.hook_concept_z").register_forward_hook(

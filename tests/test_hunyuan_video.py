@@ -157,7 +157,7 @@ def test_concept_stream_matches_brute_force_oracle(pipe):
     with torch.no_grad():
         expected_hidden, expected_outputs = _oracle_concept_stream(pipe, inputs, CONCEPTS)
         with vidinterp.hooked(pipe, concepts=CONCEPTS) as graph:
-            stream = graph["blocks.0.attn"].runtime.concept_state
+            stream = graph["blocks.0.attn"].observer.concepts
             for layer, block in enumerate(pipe.transformer.transformer_blocks):
                 block.register_forward_hook(lambda module, args, output: hidden.append(stream.hidden.clone()))
                 graph.module(f"blocks.{layer}.attn.hook_concept_z").register_forward_hook(
@@ -189,7 +189,7 @@ def test_prompt_padding_mask(pipe):
     assert real[0].sum() > real[1].sum() and not real[1].all()
     layouts, visual_z = [], []
     with torch.no_grad(), vidinterp.hooked(pipe, concepts=CONCEPTS) as graph:
-        runtime = graph["blocks.0.attn"].runtime
+        runtime = graph["blocks.0.attn"].observer
 
         def record(module, args, output):
             layouts.append(runtime.layout)
@@ -276,7 +276,7 @@ def test_geometry_checks_and_layout():
     assert adapter_t2.default_geometry() == (13, 32, 48)
     layout = adapter_t2.layout_for(13, 32, 48)
     assert layout.frames == 2 and layout.frame_spans == ((0, 4), (5, 12))
-    with pytest.raises(ValueError, match=r"divisible by patch_size_t=2 \(e\.g\. 13\), got 9 -> 3 latent frames"):
+    with pytest.raises(ValueError, match=r"divisible by the temporal patch 2 \(e\.g\. 13\), got 9 -> 3 latent frames"):
         adapter_t2.check_geometry(9, 32, 48)
 
 

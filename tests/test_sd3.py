@@ -12,6 +12,7 @@ import vidinterp
 import vidinterp.testing
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for
+from vidinterp.concept_stream import concept_state
 from vidinterp.runtime import Runtime
 
 PROMPT = "a red dog walking on green grass"
@@ -41,7 +42,7 @@ def test_transformer_output_bit_identical_with_concepts_and_every_hook(pipe, cfg
     inputs = _inputs(pipe, cfg)
     with torch.no_grad():
         reference = pipe.transformer(**inputs)[0]
-    runtime = Runtime(concept_state=adapter.concept_state(adapter.encode_concepts(CONCEPTS, "first"), PROMPT))
+    runtime = Runtime(concepts=concept_state(adapter, adapter.encode_concepts(CONCEPTS, "first"), PROMPT))
     runtime.cfg_batched = cfg
     fired: dict[str, tuple] = {}
 
@@ -122,7 +123,7 @@ def test_concept_stream_matches_masked_brute_force(pipe):
             handle.remove()
 
     with vidinterp.hooked(pipe, CONCEPTS, prompt=PROMPT) as graph:
-        stream = graph["blocks.0.attn"].runtime.concept_state
+        stream = graph["blocks.0.attn"].observer.concepts
         handles = [block.register_forward_hook(lambda module, args, output: hidden.append(stream.hidden))
                    for block in blocks]
         for index in range(len(blocks)):

@@ -15,6 +15,7 @@ import vidinterp.testing
 from vidinterp.analysis import Analysis, TraceContext
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for
+from vidinterp.concept_stream import concept_state
 from vidinterp.runtime import Runtime
 from vidinterp.video import to_model_pixels
 
@@ -103,7 +104,7 @@ def test_transformer_output_bit_identical_with_every_hook_point(variant):
             traced = pipe.transformer(**inputs)[0]
     assert torch.equal(stock, traced)
     assert set(fired) == set(modules)
-    assert not any(isinstance(p, vidinterp.sites.SiteProcessor) for p in pipe.transformer.attn_processors.values())
+    assert not any(isinstance(p, vidinterp.processors.SiteProcessor) for p in pipe.transformer.attn_processors.values())
 
 
 def test_sites_names_kinds_and_shapes():
@@ -146,8 +147,9 @@ def test_editing_hook_z_acts_on_the_model_with_torch_hooks_and_nnsight():
 
 
 def test_image_to_video_cross_attention_adds_the_image_branch():
-    """At an I2V cross site, hook_k/v hold the 512 prompt tokens, the image context has its own
-    hook points, and hook_z = softmax(q k^T) v over the prompt + the image branch's output."""
+    """At an I2V cross site, hook_k/v/z are the text attention's (512 prompt tokens) and the image
+    context's attention has its own hook points: hook_z = softmax(q k^T) v over the prompt,
+    hook_image_z the same over the image context."""
     pipe = _pipe("i2v")
     inputs = transformer_inputs(pipe)
     captured = {}
@@ -159,8 +161,9 @@ def test_image_to_video_cross_attention_adds_the_image_branch():
         pipe.transformer(**inputs)
     assert captured["hook_k"].shape == (1, 2, 512, 16)
     assert captured["hook_image_k"].shape == captured["hook_image_v"].shape == (1, 2, 5, 16)
-    text = torch.softmax(captured["hook_q"] @ captured["hook_k"].transpose(-1, -2) / 4.0, dim=-1) @ captured["hook_v"]
-    torch.testing.assert_close(captured["hook_z"] - captured["hook_image_z"], text, rtol=1e-4, atol=1e-5)
+    for keys, values, output in (("hook_k", "hook_v", "hook_z"), ("hook_image_k", "hook_image_v", "hook_image_z")):
+        scores = captured["hook_q"] @ captured[keys].transpose(-1, -2) / 4.0
+        torch.testing.assert_close(captured[output], torch.softmax(scores, dim=-1) @ captured[values], rtol=1e-4, atol=1e-5)
 
 
 def test_concept_not_in_prompt_names_the_prompt_words():
@@ -179,7 +182,7 @@ def test_concept_not_in_prompt_names_the_prompt_words():
 def test_concept_positions_follow_the_tokenized_prompt():
     adapter = adapter_for(_pipe())
     with pytest.warns(UserWarning) as caught:
-        state = adapter.concept_state(adapter.encode_concepts(["dog", "Walking", "green grass"], "mean"),
+        state = concept_state(adapter, adapter.encode_concepts(["dog", "Walking", "green grass"], "mean"),
                                       "  a red dog   walking on green grass ")
     assert [str(warning.message) for warning in caught] == [
         "concept 'Walking' splits into 2 tokens ['walk', '##ing']; using the mean of its sub-tokens "
@@ -203,8 +206,8 @@ def test_concept_keys_and_values_gather_the_prompt_tokens(reduction):
     recorder = Recorder(keep=(("k", "concept"), ("v", "concept"), ("k", "prompt")))
     recorder.bind(TraceContext(concepts=concepts, num_layers=2, num_inference_steps=1))
     with pytest.warns(UserWarning, match="'walking' splits into 2 tokens"):
-        state = adapter.concept_state(adapter.encode_concepts(concepts, reduction), PROMPT)
-    runtime = Runtime([recorder], concept_state=state)
+        state = concept_state(adapter, adapter.encode_concepts(concepts, reduction), PROMPT)
+    runtime = Runtime([recorder], concepts=state)
     with torch.no_grad():
         with installed(adapter, runtime):
             pipe.transformer(**inputs)

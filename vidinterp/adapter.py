@@ -1,8 +1,14 @@
-"""The adapter protocol: everything model-specific that the core needs.
+"""The adapter protocol: what is model-specific, declared once per family.
 
-One adapter file per model family (``vidinterp/adapters/<family>.py``) subclasses
-:class:`Adapter`, decorates it with :func:`~vidinterp.registry.register_adapter`, and must pass
-the adapter conformance suite in ``tests/test_adapter_conformance.py`` unchanged.
+One adapter file per model family (``adapters/<family>.py``, installed as
+``vidinterp.adapters.<family>``) subclasses :class:`Adapter`, decorates it with
+:func:`~vidinterp.registry.register_adapter`, and must pass the public conformance checks
+(:func:`vidinterp.testing.check_adapter`) unchanged. An adapter declares its sites
+(:meth:`Adapter.site_specs`), the layout of a transformer call (:meth:`Adapter.call_layout`),
+its geometry rules (:meth:`Adapter.geometry`), its text path (:meth:`Adapter.encode_concepts`,
+:meth:`Adapter.concept_stream`) and how the pipeline runs a denoising step
+(:meth:`Adapter.denoiser`); the core installs the sites, follows the CFG branches, runs the
+concept stream and drives the trace.
 """
 
 from __future__ import annotations
@@ -16,14 +22,15 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from vidinterp.layout import TokenLayout
-from vidinterp.runtime import Runtime
+from vidinterp.geometry import Geometry
+from vidinterp.layout import TokenLayout, TokenOrder, token_layout
+from vidinterp.processors import DispatchSiteProcessor, SiteObserver, SiteProcessor
+from vidinterp.sites import SiteSpec
 
 if TYPE_CHECKING:
+    from vidinterp.concept_stream import ConceptStreamSpec
     from vidinterp.prompt_words import PromptWords
-from vidinterp.sites import SiteProcessor, SiteSpec
 
 __all__ = [
     "Adapter",
@@ -32,8 +39,6 @@ __all__ = [
     "word_pieces",
     "reduce_concept_rows",
     "call_argument",
-    "call_hooks",
-    "concept_block_hooks",
     "joint_site_specs",
 ]
 
@@ -149,56 +154,26 @@ def joint_site_specs(transformer: nn.Module, groups: list[tuple[str, str, bool]]
     return specs
 
 
-def call_hooks(transformer: nn.Module, runtime: Runtime, before_call: Callable) -> list[RemovableHandle]:
-    """Register ``before_call(module, args, kwargs)`` as the transformer's forward pre-hook (it
-    announces the call with ``runtime.begin_call``) and a forward hook that ends the call."""
-    return [
-        transformer.register_forward_pre_hook(before_call, with_kwargs=True),
-        transformer.register_forward_hook(lambda module, args, output: runtime.end_call()),
-    ]
-
-
-def concept_block_hooks(blocks: list[nn.Module], runtime: Runtime, temb: str = "temb") -> list[RemovableHandle]:
-    """Hooks running the concept stream's block-level update around each of ``blocks`` while the
-    stream is active: ``before_block(block, temb[conditional rows])`` before the block,
-    ``after_block(block)`` after it (methods of ``runtime.concept_state``)."""
-
-    def before_block(block, args, kwargs):
-        if runtime.concepts_active:
-            embedding = call_argument(block, args, kwargs, temb)
-            runtime.concept_state.before_block(block, embedding[runtime.layout.analysed_rows])
-
-    def after_block(block, args, output):
-        if runtime.concepts_active:
-            runtime.concept_state.after_block(block)
-
-    handles = []
-    for block in blocks:
-        handles.append(block.register_forward_pre_hook(before_block, with_kwargs=True))
-        handles.append(block.register_forward_hook(after_block))
-    return handles
-
-
 class Adapter(ABC):
     """Model-family knowledge for one diffusers pipeline.
 
-    Subclasses set the class attributes and implement the abstract methods. Geometry
-    (frames, grid, text length, heads, token order, CFG rows) must be derived from the config
-    and the actual inputs, never hard-coded.
+    Subclasses set the class attributes and implement the abstract methods. Geometry (frames,
+    grid, text length, heads, token order) comes from the config and the call's inputs, never
+    from constants.
     """
 
     #: registry key, e.g. ``"cogvideox"``.
     family: ClassVar[str]
     #: class names of the transformers this adapter handles.
     transformer_class_names: ClassVar[tuple[str, ...]]
+    #: where visual tokens sit in a site's sequences (see :data:`~vidinterp.layout.TokenOrder`).
+    token_order: ClassVar[TokenOrder]
     #: renoising default: start at this fraction of the schedule (reference per family).
     default_renoise_fraction: ClassVar[float] = 0.6
     #: guidance scale for renoising when none is given: 1.0 runs no unconditional branch (the
     #: maps read the conditional one); ``None`` keeps the pipeline's default, for models whose
     #: guidance is an embedded scalar rather than a second branch (HunyuanVideo, Flux).
     default_renoise_guidance: ClassVar[float | None] = 1.0
-    #: whether concepts run through a concept stream (False: concepts are prompt words).
-    has_concept_stream: ClassVar[bool] = True
 
     def __init__(self, pipe) -> None:
         self.pipe = pipe
@@ -208,7 +183,7 @@ class Adapter(ABC):
     def supports(cls, transformer: nn.Module) -> bool:
         return type(transformer).__name__ in cls.transformer_class_names
 
-    # ---------------------------------------------------------------- sites
+    # ---------------------------------------------------------------- sites and calls
     @abstractmethod
     def site_specs(self) -> list[SiteSpec]:
         """Every site of the transformer, in execution order."""
@@ -216,36 +191,78 @@ class Adapter(ABC):
     def attention_module(self, spec: SiteSpec) -> nn.Module:
         return self.transformer.get_submodule(spec.module_path)
 
-    @abstractmethod
-    def make_processor(self, spec: SiteSpec, original: object, runtime: Runtime) -> SiteProcessor:
-        """A processor reproducing ``original`` exactly, with hook points."""
+    def make_processor(self, spec: SiteSpec, original: object, observer: SiteObserver) -> SiteProcessor:
+        """The site's processor while traced. Default: the original processor, captured where it
+        calls diffusers' attention dispatch (:class:`~vidinterp.processors.DispatchSiteProcessor`);
+        families whose stock processor calls SDPA directly return a rewritten one."""
+        return DispatchSiteProcessor(spec, original, observer)
 
     @abstractmethod
-    def register_hooks(self, runtime: Runtime) -> list[RemovableHandle]:
-        """Module hooks announcing each call's layout to ``runtime`` (and running the concept
-        stream's block-level updates). Returned handles are removed when the trace ends."""
+    def call_layout(self, arguments: dict[str, Any], pixel_frames: int | None) -> TokenLayout:
+        """The token layout of a transformer call from its arguments by name (every row
+        analysed; the core picks the CFG rows). ``pixel_frames``: the video's pixel frames when
+        the driver knows them (for the frame spans)."""
+
+    def is_perturbed_call(self, arguments: dict[str, Any]) -> bool:
+        """Whether a call runs a perturbed guidance branch that is never analysed (e.g. SD3's
+        skip-layer guidance). Default: no call is."""
+        return False
 
     # ---------------------------------------------------------------- text
     @abstractmethod
     def encode_concepts(self, concepts: list[str], reduction: ConceptReduction) -> ConceptTokens:
         """Encode concept words with the pipeline's own text encoder."""
 
-    @abstractmethod
-    def concept_state(self, concepts: ConceptTokens, prompt: str | None) -> Any:
-        """The per-trace concept-stream state handed to :class:`Runtime` (``concept_state``)."""
+    def concept_stream(self, concepts: ConceptTokens) -> "ConceptStreamSpec | None":
+        """The model's concept stream for these concepts
+        (:class:`~vidinterp.concept_stream.ConceptStreamSpec`), or ``None`` for a family whose
+        concepts are words of the prompt (:meth:`prompt_words`). Default: ``None``."""
+        return None
+
+    @property
+    def has_concept_stream(self) -> bool:
+        """Whether some site carries the concept stream."""
+        return any(spec.concept_stream for spec in self.site_specs())
+
+    def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> "PromptWords":
+        """Each concept located among the prompt tokens of a call (positions in the
+        transformer's prompt sequence; :func:`~vidinterp.prompt_words.locate_prompt_words`), for
+        QK matching against prompt keys and for families whose concepts are prompt words."""
+        raise NotImplementedError(f"locating concepts among the prompt tokens is not implemented for {self.family}")
 
     # ---------------------------------------------------------------- geometry
     @abstractmethod
-    def default_geometry(self) -> tuple[int, int, int]:
-        """``(num_frames, height, width)`` in pixels that the config was built for."""
+    def geometry(self) -> Geometry:
+        """The model's pixel-geometry rules, read from its config."""
 
+    @property
     @abstractmethod
+    def prompt_tokens(self) -> int:
+        """Prompt-token slots ``T`` of a call as the pipeline encodes prompts (padding included)."""
+
+    def default_geometry(self) -> tuple[int, int, int]:
+        """``(num_frames, height, width)`` in pixels that the model is made for."""
+        return self.geometry().native
+
     def check_geometry(self, num_frames: int, height: int, width: int) -> None:
         """Raise ``ValueError`` naming the expected values if the pixel geometry is invalid."""
+        self.geometry().check(num_frames, height, width)
 
-    @abstractmethod
     def layout_for(self, num_frames: int, height: int, width: int, batch: int = 1) -> TokenLayout:
-        """Token layout of a call on a video of the given pixel geometry (no CFG)."""
+        """Token layout of a call on a video of the given pixel geometry (every row analysed)."""
+        geometry = self.geometry()
+        cell = geometry.token_cell
+        return token_layout(*geometry.tokens(num_frames, height, width), self.prompt_tokens, self.token_order,
+                            batch=batch, frame_spans=geometry.frame_spans(num_frames), pixels_per_token=(cell, cell))
+
+    def frame_spans(self, token_frames: int, pixel_frames: int | None) -> tuple[tuple[int, int], ...]:
+        """Pixel frames of each of a call's ``token_frames``: from the video's ``pixel_frames``
+        when known, else as a causal VAE without leading padding maps them."""
+        geometry = self.geometry()
+        if pixel_frames is not None:
+            return geometry.frame_spans(pixel_frames)
+        latent = token_frames * geometry.temporal_patch
+        return geometry.frame_spans(geometry.temporal_compression * (latent - 1) + 1)
 
     # ---------------------------------------------------------------- running
     @abstractmethod
@@ -262,7 +279,8 @@ class Adapter(ABC):
         self, prompt: str, latents: torch.Tensor, guidance_scale: float, negative_prompt: str | None
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """A function ``(latents, timestep) -> model output`` calling the transformer as the
-        pipeline does (prompt encoded once; CFG combined when ``guidance_scale > 1``)."""
+        pipeline does (prompt encoded once; CFG combined when ``guidance_scale > 1``), each call
+        inside ``transformer.cache_context(...)`` naming its branch as the pipeline does."""
 
     def timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """The scheduler's timesteps for a schedule of ``num_inference_steps`` steps."""
@@ -288,15 +306,10 @@ class Adapter(ABC):
         same layout)."""
         return latents
 
-    def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> "PromptWords":
-        """Each concept located among the prompt tokens of a call (positions in the
-        transformer's prompt sequence; :func:`~vidinterp.prompt_words.locate_prompt_words`), for
-        QK matching against prompt keys and for families whose concepts are prompt words."""
-        raise NotImplementedError(f"locating concepts among the prompt tokens is not implemented for {self.family}")
-
     def cfg_batched(self, guidance_scale: float) -> bool:
-        """Whether the pipeline batches CFG branches in one call (unconditional rows first)
-        at this guidance scale."""
+        """Whether the pipeline stacks the CFG branches in one call (unconditional rows first) at
+        this guidance scale: the fallback of :mod:`vidinterp.branches` for calls the pipeline
+        does not announce."""
         return guidance_scale > 1.0
 
     def noise_latents(self, latents: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:

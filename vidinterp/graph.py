@@ -10,6 +10,7 @@ import numpy as np
 import xarray as xr
 
 from vidinterp.adapter import ConceptReduction
+from vidinterp.concept_stream import concept_state
 from vidinterp.inputs import load_pipeline, validate_concepts
 from vidinterp.install import installed
 from vidinterp.layout import TokenLayout
@@ -25,16 +26,15 @@ def hooked(model: Any, concepts: Iterable[str] | None = None, *, prompt: str | N
            concept_reduction: ConceptReduction = "first") -> Iterator[SiteGraph]:
     """Install the site graph on a pipeline's transformer for free-form use (torch hooks,
     nnsight) and yield the :class:`~vidinterp.sites.SiteGraph`. With ``concepts`` the concept
-    stream runs in every transformer call. The model is restored on exit, also on error."""
+    stream runs in every call of the conditional branch (as the pipeline announces it,
+    :mod:`vidinterp.branches`). The model is restored on exit, also on error."""
     pipe = load_pipeline(model)
     adapter = adapter_for(pipe)
     state = None
     if concepts is not None:
         names = validate_concepts(concepts)
-        state = adapter.concept_state(adapter.encode_concepts(names, concept_reduction), prompt)
-    runtime = Runtime(concept_state=state)
-    runtime.cfg_batched = getattr(pipe, "do_classifier_free_guidance", False) is True
-    with installed(adapter, runtime) as graph:
+        state = concept_state(adapter, adapter.encode_concepts(names, concept_reduction), prompt)
+    with installed(adapter, Runtime(concepts=state)) as graph:
         yield graph
 
 

@@ -10,10 +10,16 @@ holds only the conditional rows (``TokenLayout.analysed_rows``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-__all__ = ["TokenLayout", "causal_frame_spans"]
+__all__ = ["TokenLayout", "TokenOrder", "causal_frame_spans", "token_layout"]
+
+#: Where the visual tokens sit in a site's token sequences: after the prompt tokens
+#: (``"prompt_first"``), before them (``"visual_first"``), or in sequences of their own
+#: (``"separate"``: self- and cross-attention DiTs, where each tensor indexes its tokens from 0).
+TokenOrder = Literal["prompt_first", "visual_first", "separate"]
 
 
 def causal_frame_spans(
@@ -46,9 +52,9 @@ class TokenLayout:
             column) in the joint sequence.
         prompt: slice of the prompt tokens in the joint sequence (empty for sites that hold only
             visual tokens, e.g. self-attention of a cross-attention DiT).
-        concepts: number of concept tokens ``C`` in the concept stream (0 when none).
         batch: batch size of the call.
-        analysed_rows: rows of the batch that belong to the conditional CFG branch.
+        analysed_rows: rows of the batch that belong to the analysed CFG branch (the conditional
+            one unless the trace asks for another; :mod:`vidinterp.branches`).
         prompt_mask: optional ``[batch, prompt_tokens]`` bool, True where a prompt token is real
             (not padding); ``None`` when the model attends to every prompt slot.
         frame_spans: ``(first, last)`` pixel-frame index covered by each latent token frame
@@ -61,7 +67,6 @@ class TokenLayout:
     width: int
     visual: slice
     prompt: slice
-    concepts: int
     batch: int
     analysed_rows: slice
     prompt_mask: torch.Tensor | None = None
@@ -94,3 +99,22 @@ class TokenLayout:
                 f"visual token range holds {given} tokens, expected F*h*w = "
                 f"{self.frames}*{self.height}*{self.width} = {expected}"
             )
+
+
+def token_layout(frames: int, height: int, width: int, prompt_tokens: int, order: TokenOrder, *, batch: int = 1,
+                 frame_spans: tuple[tuple[int, int], ...] = (), pixels_per_token: tuple[int, int] = (1, 1),
+                 prompt_mask: torch.Tensor | None = None) -> TokenLayout:
+    """The :class:`TokenLayout` of a call on ``frames x height x width`` visual tokens and
+    ``prompt_tokens`` prompt slots in the given ``order``; every row analysed."""
+    visual = frames * height * width
+    if order == "prompt_first":
+        prompt, visual_slice = slice(0, prompt_tokens), slice(prompt_tokens, prompt_tokens + visual)
+    elif order == "visual_first":
+        visual_slice, prompt = slice(0, visual), slice(visual, visual + prompt_tokens)
+    elif order == "separate":
+        visual_slice, prompt = slice(0, visual), slice(0, prompt_tokens)
+    else:
+        raise ValueError(f"token order must be 'prompt_first', 'visual_first' or 'separate', got {order!r}")
+    return TokenLayout(frames=frames, height=height, width=width, visual=visual_slice, prompt=prompt, batch=batch,
+                       analysed_rows=slice(0, batch), prompt_mask=prompt_mask, frame_spans=frame_spans,
+                       pixels_per_token=pixels_per_token)

@@ -1,8 +1,8 @@
 """Sites: every attention block of a model under one stable name, ``blocks.{l}.attn``.
 
-An adapter replaces each attention processor with a :class:`SiteProcessor`, an ``nn.Module``
-whose children are :class:`~vidinterp.hooks.HookPoint` s. Once installed, the hook points sit
-in the model's module tree at ``<attention module>.processor.hook_q`` and so on; the
+While traced, each attention processor is a :class:`~vidinterp.processors.SiteProcessor`, an
+``nn.Module`` whose children are :class:`~vidinterp.hooks.HookPoint` s. The hook points sit in
+the model's module tree at ``<attention module>.processor.hook_q`` and so on; the
 :class:`SiteGraph` maps the stable names to those modules. Hook points of a site:
 
 ============================  ================================================================
@@ -12,6 +12,8 @@ in the model's module tree at ``<attention module>.processor.hook_q`` and so on;
                               layout (queries' tokens)
 ``hook_concept_q|k|v|z``      the concept stream's twins, ``[analysed_batch, heads, C,
                               head_dim]`` (only on sites that carry the concept stream)
+``hook_<role>_k|v|z``         keys, values and output of a site's extra attention call (e.g.
+                              Wan image-to-video's ``image`` context), outside the stable set
 ============================  ================================================================
 """
 
@@ -21,20 +23,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 import torch
-from torch import nn
 
 from vidinterp.hooks import HookPoint
 from vidinterp.layout import TokenLayout
 
 if TYPE_CHECKING:
-    from vidinterp.runtime import Runtime
+    from vidinterp.processors import SiteProcessor
 
 __all__ = [
     "HOOK_NAMES",
     "CONCEPT_HOOK_NAMES",
     "SiteSpec",
     "SiteVisit",
-    "SiteProcessor",
     "SiteGraph",
 ]
 
@@ -61,6 +61,9 @@ class SiteSpec:
         kind: ``"joint"`` (visual + prompt tokens attend jointly), ``"self"`` (visual only) or
             ``"cross"`` (visual queries, prompt keys/values).
         concept_stream: whether the site carries the concept stream (``hook_concept_*``).
+        attentions: the roles of the attention calls one call of the site makes, in order:
+            ``("main",)``, or e.g. ``("image", "main")`` for Wan image-to-video's cross site,
+            which attends to the image context first (``hook_image_k|v|z``).
     """
 
     name: str
@@ -70,10 +73,17 @@ class SiteSpec:
     head_dim: int
     kind: str = "joint"
     concept_stream: bool = False
+    attentions: tuple[str, ...] = ("main",)
 
     @property
     def hook_names(self) -> tuple[str, ...]:
+        """The stable hook points of the site."""
         return HOOK_NAMES + (CONCEPT_HOOK_NAMES if self.concept_stream else ())
+
+    @property
+    def extra_hook_names(self) -> tuple[str, ...]:
+        """Hook points of the site's extra attention calls (outside the stable set)."""
+        return tuple(f"hook_{role}_{tensor}" for role in self.attentions if role != "main" for tensor in "kvz")
 
 
 @dataclass
@@ -133,45 +143,6 @@ class SiteVisit:
         return self.parts.get(tensor, {}).get(part) is not None
 
 
-class SiteProcessor(nn.Module):
-    """Base class of the attention processors adapters install.
-
-    Subclasses implement ``__call__`` with the stock processor's explicit signature (diffusers
-    drops keyword arguments a processor does not name) and reproduce its math exactly, routing
-    q, k, v and z through the hook points. They report each call with :meth:`report`.
-    """
-
-    def __init__(self, spec: SiteSpec, original: object, runtime: "Runtime") -> None:
-        super().__init__()
-        self.spec = spec
-        self.original = original
-        self.runtime = runtime
-        self.hook_q = HookPoint()
-        self.hook_k = HookPoint()
-        self.hook_v = HookPoint()
-        self.hook_z = HookPoint()
-        if spec.concept_stream:
-            self.hook_concept_q = HookPoint()
-            self.hook_concept_k = HookPoint()
-            self.hook_concept_v = HookPoint()
-            self.hook_concept_z = HookPoint()
-
-    def forward(self, *args, **kwargs):  # nn.Module protocol; diffusers calls the processor
-        return self(*args, **kwargs)
-
-    def report(
-        self,
-        tensors: dict[str, torch.Tensor],
-        parts: dict[str, dict[str, slice]],
-        concept_tensors: dict[str, torch.Tensor] | None = None,
-    ) -> None:
-        """Hand this call's site tensors to the runtime (no-op when the call is not analysed)."""
-        self.runtime.visit(self.spec, tensors, parts, concept_tensors or {})
-
-    def extra_repr(self) -> str:
-        return f"site={self.spec.name!r}, heads={self.spec.heads}, head_dim={self.spec.head_dim}"
-
-
 class SiteGraph:
     """The installed sites of one transformer, by stable name.
 
@@ -180,11 +151,11 @@ class SiteGraph:
     dotted path inside the transformer (what nnsight and ``named_modules`` call it).
     """
 
-    def __init__(self, transformer: nn.Module, processors: dict[str, SiteProcessor]) -> None:
+    def __init__(self, transformer: torch.nn.Module, processors: dict[str, "SiteProcessor"]) -> None:
         self.transformer = transformer
         self.processors = processors
 
-    def __getitem__(self, site_name: str) -> SiteProcessor:
+    def __getitem__(self, site_name: str) -> "SiteProcessor":
         try:
             return self.processors[site_name]
         except KeyError:
@@ -202,7 +173,7 @@ class SiteGraph:
     def specs(self) -> list[SiteSpec]:
         return [processor.spec for processor in self.processors.values()]
 
-    def _split(self, hook_name: str) -> tuple[SiteProcessor, str]:
+    def _split(self, hook_name: str) -> tuple["SiteProcessor", str]:
         site_name, _, hook = hook_name.rpartition(".")
         processor = self[site_name]
         if hook not in processor.spec.hook_names:

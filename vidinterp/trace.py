@@ -13,6 +13,8 @@ import xarray as xr
 
 from vidinterp.adapter import Adapter, ConceptReduction
 from vidinterp.analysis import CALIBRATION_ATTRIBUTE, Analysis, TraceContext
+from vidinterp.branches import BRANCHES, Branch
+from vidinterp.concept_stream import concept_state
 from vidinterp.inputs import load_pipeline, prepare_video, validate_concepts
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for, analysis_classes
@@ -106,6 +108,7 @@ def trace(
     resample: bool = False,
     concept_reduction: ConceptReduction = "first",
     concept_slots: int | Literal["text_length"] | None = None,
+    branch: Branch = "conditional",
     hooks: dict[str, Callable] | None = None,
     pipeline_kwargs: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
@@ -135,6 +138,9 @@ def trace(
             convention, in which real concepts also attend to the padding rows and z-scores and
             softmaxes run over every slot). Results keep the named concepts only. Default: no
             padding.
+        branch: the classifier-free-guidance branch the analyses read: ``"conditional"``
+            (default) or ``"unconditional"`` (the negative prompt's; see
+            :mod:`vidinterp.branches`).
         hooks: ``{hook name: torch forward hook}`` registered on hook points for the run
             (e.g. ``{"blocks.3.attn.hook_z": ablate}``), removed afterwards.
         pipeline_kwargs: extra inputs for ``pipe(...)`` in generation mode (e.g. ``image=`` for
@@ -148,6 +154,8 @@ def trace(
     pipe = load_pipeline(model)
     adapter = adapter_for(pipe)
     names = validate_concepts(concepts)
+    if branch not in BRANCHES:
+        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
     if num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
     mode = "generation" if video is None else "renoise"
@@ -203,7 +211,7 @@ def trace(
     )
     for analysis in analyses:
         analysis.bind(context)
-    runtime = Runtime(analyses, steps=analysed, concept_state=adapter.concept_state(concept_tokens, prompt))
+    runtime = Runtime(analyses, steps=analysed, concepts=concept_state(adapter, concept_tokens, prompt), branch=branch)
     runtime.cfg_batched = adapter.cfg_batched(guidance)
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -227,6 +235,7 @@ def trace(
         "concepts": ", ".join(names),
         "concept_reduction": concept_reduction,
         "concept_slots": slots,
+        "branch": branch,
         "num_inference_steps": num_inference_steps,
         "analysed_steps": list(runtime.visited_steps),
         "guidance_scale": guidance,

@@ -4,6 +4,7 @@ the family's planted model (see :mod:`vidinterp.testing.checks`)."""
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any, Callable
 
 import numpy as np
@@ -76,7 +77,7 @@ def check_traced_generation_is_bit_identical(adapter_cls, tiny: TinyBuilder) -> 
 def check_restored_after_error(adapter_cls, tiny: TinyBuilder) -> None:
     """A hook that raises and a KeyboardInterrupt both leave the original processors and no
     hooks behind, and the model generates as before."""
-    from vidinterp.sites import SiteProcessor
+    from vidinterp.processors import SiteProcessor
 
     pipe = tiny()
     adapter = adapter_of(adapter_cls, pipe)
@@ -100,7 +101,17 @@ def check_restored_after_error(adapter_cls, tiny: TinyBuilder) -> None:
             raise AssertionError(f"the trace did not raise the error of {sorted(options)}")
     assert all(now is before for now, before in zip(processors_of(adapter), originals)), "processors not restored"
     assert not any(isinstance(processor, SiteProcessor) for processor in processors_of(adapter))
-    assert not adapter.transformer._forward_pre_hooks and not adapter.transformer._forward_hooks, "hooks left behind"
+    transformer = adapter.transformer
+    assert not transformer._forward_pre_hooks and not transformer._forward_hooks, "torch hooks left behind"
+    registry = getattr(transformer, "_diffusers_hook", None)
+    assert registry is None or not registry.hooks, f"diffusers hooks left behind: {list(registry.hooks)}"
+    assert "forward" not in transformer.__dict__, "the transformer's forward was left replaced"
+    leftovers = [name for name in transformer._modules if name.startswith("vidinterp")]
+    assert not leftovers, f"modules left on the transformer: {leftovers}"
+    modules = {sys.modules[type(processor).__module__] for processor in processors_of(adapter)}
+    patched = [module.__name__ for module in modules if getattr(getattr(module, "dispatch_attention_fn", None),
+                                                                 "__wrapped__", None) is not None]
+    assert not patched, f"dispatch_attention_fn left routed in {patched}"
     assert np.array_equal(video_of(generate(pipe, adapter)), reference), "generation changed after the failed trace"
 
 
@@ -267,7 +278,7 @@ class _VisitRecorder(Analysis):
         return xr.Dataset()
 
 
-def check_only_analysed_rows_analysed(adapter_cls, tiny: TinyBuilder) -> None:
+def check_only_conditional_branch_analysed(adapter_cls, tiny: TinyBuilder) -> None:
     """With the pipeline's unconditional CFG branch on (``unconditional_branch``), analyses see
     exactly the tensors of the run without it: the conditional branch and nothing else."""
     pipe = tiny()
@@ -406,7 +417,7 @@ ADAPTER_VARIANT_CHECKS = (
     check_default_analyses_run_in_renoise_mode,
     check_renoise_step_matches_pipeline_step,
     check_timesteps_match_pipeline_schedule,
-    check_only_analysed_rows_analysed,
+    check_only_conditional_branch_analysed,
 )
 ADAPTER_PLANTED_CHECKS = (
     check_planted_maps_localise,

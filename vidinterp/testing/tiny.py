@@ -238,7 +238,7 @@ def random_visit(
     tokens = prompt_tokens + visual
     layout = TokenLayout(
         frames=frames, height=height, width=width, visual=slice(prompt_tokens, tokens),
-        prompt=slice(0, prompt_tokens), concepts=concepts, batch=batch,
+        prompt=slice(0, prompt_tokens), batch=batch,
         analysed_rows=slice(0, batch) if analysed_rows is None else analysed_rows,
         frame_spans=tuple((f, f) for f in range(frames)), pixels_per_token=(8, 8),
     )
