@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from vidinterp.analyses._maps import MapAnalysis
+from vidinterp.maps import MapAnalysis
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
 

@@ -19,10 +19,11 @@ from typing import Literal
 import torch
 import xarray as xr
 
-from vidinterp.analyses._grid import step_layer_grid
-from vidinterp.analyses._maps import ConceptSoftmax, MapAnalysis, frames_view
-from vidinterp.analyses.heads import AllHeads, HeadSelector
-from vidinterp.analyses.surrogate import QKPeak, SurrogateSelector
+from vidinterp.accumulators import step_layer_grid
+from vidinterp.kernels.heads import AllHeads, HeadSelector
+from vidinterp.kernels.surrogate import QKPeak, SurrogateSelector
+from vidinterp.kernels.tokens import frames_view
+from vidinterp.maps import ConceptSoftmax, MapAnalysis
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
 
@@ -64,7 +65,7 @@ class GramCol(MapAnalysis):
         normalize: ``"none"`` (paper) or ``"concept_zscore"`` (official code; needs >= 2
             concept slots, and makes each map depend on the other concepts).
         head_reduction: ``"mean"`` (paper) or ``"sum"`` over the selected heads.
-        concept_softmax, steps, layers: see :class:`~vidinterp.analyses._maps.MapAnalysis`.
+        concept_softmax, steps, layers: see :class:`~vidinterp.maps.MapAnalysis`.
     """
 
     name = "gramcol"

@@ -15,9 +15,9 @@ with a head selector and a layer selector; the paper's ablations are one express
 from __future__ import annotations
 
 from vidinterp.analyses.gramcol import GramCol, HeadReduction, Normalization
-from vidinterp.analyses._maps import ConceptSoftmax
-from vidinterp.analyses.heads import HeadSelector, TopKHeads
-from vidinterp.analyses.surrogate import SurrogateSelector
+from vidinterp.kernels.heads import HeadSelector, TopKHeads
+from vidinterp.kernels.surrogate import SurrogateSelector
+from vidinterp.maps import ConceptSoftmax
 from vidinterp.registry import register_analysis
 from vidinterp.selectors import LayerSelector
 

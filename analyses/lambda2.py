@@ -4,7 +4,7 @@ Each head's joint attention matrix ``A = softmax(q k^T / sqrt(d))`` over all tok
 prompt) is the transition matrix of a Markov chain; ``|lambda2|``, the modulus of its second
 eigenvalue, scores the head, and a layer scores the mean over its heads (docs/methods.md
 "Layer selection: lambda2"). ``A`` is never formed: ``A v`` is an attention call with ``v``
-as values, so a Krylov method needs only attention passes (:mod:`vidinterp.analyses.spectral`).
+as values, so a Krylov method needs only attention passes (:mod:`vidinterp.kernels.spectral`).
 
 Scores are a per-model calibration: :func:`calibrate_layers` computes them over a few prompts
 and steps and stores them as JSON; :class:`Lambda2Layers` reads them (or the reference layer
@@ -19,12 +19,13 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-import torch
 import xarray as xr
 
-from vidinterp.analyses._grid import RunningMeans, step_layer_grid
-from vidinterp.analyses.spectral import second_eigenvalue_magnitude
-from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.accumulators import RunningMeans, step_layer_grid
+from vidinterp.analysis import Analysis
+from vidinterp.context import TraceContext
+from vidinterp.kernels.spectral import second_eigenvalue_magnitude
+from vidinterp.kernels.tokens import key_padding_mask
 from vidinterp.model_cards import MODEL_CARDS, lambda2_threshold, model_card
 from vidinterp.registry import register_analysis
 from vidinterp.selectors import LayerSelector
@@ -47,7 +48,7 @@ class Lambda2(Analysis):
 
     Args:
         method: ``"krylov"`` (matrix-free, default) or ``"dense"`` (forms ``A``; small sizes).
-        solver_options: passed to :func:`~vidinterp.analyses.spectral.second_eigenvalue_magnitude`.
+        solver_options: passed to :func:`~vidinterp.kernels.spectral.second_eigenvalue_magnitude`.
     """
 
     name = "lambda2"
@@ -64,14 +65,9 @@ class Lambda2(Analysis):
         self.attention_passes = 0
 
     def update(self, visit: SiteVisit) -> None:
-        rows = visit.layout.analysed_rows
-        query, key = visit.get("q", "all"), visit.get("k", "all")
-        mask = None
-        if visit.site.kind == "joint" and visit.layout.prompt_mask is not None:
-            mask = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
-            mask[:, visit.layout.prompt] = visit.layout.prompt_mask[rows].to(key.device, torch.bool)
         estimate = second_eigenvalue_magnitude(
-            query, key, key_padding_mask=mask, method=self.method, return_info=True, **self.solver_options
+            visit.get("q", "all"), visit.get("k", "all"), key_padding_mask=key_padding_mask(visit),
+            method=self.method, return_info=True, **self.solver_options,
         )
         self.attention_passes += int(estimate.attention_passes)
         self.records.add((visit.step, visit.layer), estimate.modulus.float().mean(dim=0))

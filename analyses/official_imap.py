@@ -40,8 +40,8 @@ from vidinterp.analyses.concept_attention import ConceptAttention
 from vidinterp.analyses.cross_attention import CrossAttention
 from vidinterp.analyses.gramcol import GramCol
 from vidinterp.analyses.imap import IMAP
-from vidinterp.analyses.surrogate import QKPeak
 from vidinterp.inputs import load_pipeline
+from vidinterp.kernels.surrogate import QKPeak
 from vidinterp.model_cards import model_card
 from vidinterp.registry import adapter_for
 from vidinterp.selectors import AllLayers, LayerIndices, LayerSelector

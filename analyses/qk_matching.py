@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 import xarray as xr
 
-from vidinterp.analyses._grid import step_layer_grid
-from vidinterp.analyses.surrogate import QKPeak, SurrogateSelector, qk_scores
+from vidinterp.accumulators import step_layer_grid
 from vidinterp.analysis import Analysis, map_coords
+from vidinterp.kernels.surrogate import QKPeak, SurrogateSelector, qk_scores
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
 

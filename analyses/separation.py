@@ -13,10 +13,10 @@ from typing import Iterable
 
 import xarray as xr
 
-from vidinterp.analyses._grid import RunningMeans, step_layer_grid
-from vidinterp.analyses._maps import frames_view
-from vidinterp.analyses.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES, separation_score
+from vidinterp.accumulators import RunningMeans, step_layer_grid
 from vidinterp.analysis import Analysis
+from vidinterp.kernels.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES, separation_score
+from vidinterp.kernels.tokens import frames_view
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
 

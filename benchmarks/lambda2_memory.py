@@ -2,7 +2,7 @@
 
 Builds synthetic query/key tensors for ``frames x height x width`` visual tokens plus prompt
 tokens (CogVideoX at 49 frames: 13 x 30 x 45 + 226 = 17,776 tokens), runs
-:func:`vidinterp.analyses.spectral.second_eigenvalue_magnitude` (matrix-free Krylov path) and
+:func:`vidinterp.kernels.spectral.second_eigenvalue_magnitude` (matrix-free Krylov path) and
 prints wall time, extra peak memory, the size of one float32 ``tokens x tokens`` matrix for
 comparison, and the number of attention-equivalent passes.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
-from vidinterp.analyses.spectral import Lambda2Estimate, second_eigenvalue_magnitude
+from vidinterp.kernels.spectral import Lambda2Estimate, second_eigenvalue_magnitude
 
 _T = TypeVar("_T")
 

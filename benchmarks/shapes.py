@@ -53,7 +53,6 @@ import vidinterp
 from vidinterp.analyses.concept_attention import ConceptAttention
 from vidinterp.analyses.cross_attention import CrossAttention
 from vidinterp.analyses.gramcol import GramCol
-from vidinterp.analyses.heads import HeadIndices, RandomHeads, TopKHeads
 from vidinterp.analyses.lambda2 import Lambda2, save_layer_scores
 from vidinterp.analyses.qk_matching import QKMatching
 from vidinterp.analyses.separation import Separation
@@ -61,6 +60,7 @@ from vidinterp.datasets.shapes import (
     COLORS, DIRECTIONS, SHAPES, ShapesClip, clip_seed, generate_clip, make_caption,
 )
 from vidinterp.datasets.scoring import ALL_METRICS, AUROC_KINDS, naming, score_maps
+from vidinterp.kernels.heads import HeadIndices, RandomHeads, TopKHeads
 from vidinterp.selectors import AllLayers, LayerIndices
 from vidinterp.zoo.shapes import (
     ShapesModelConfig, build_shapes_pipeline, clip_latents, load_state, train_clip_config, velocity_loss,

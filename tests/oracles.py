@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vidinterp.analysis import TraceContext
+from vidinterp.context import TraceContext
 
 CONCEPTS = ["dog", "walking", "grass"]
 

@@ -3,9 +3,12 @@ ablation rows as one-line expressions."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
 import vidinterp
@@ -13,14 +16,15 @@ import vidinterp.testing
 from vidinterp.analyses.concept_attention import ConceptAttention
 from vidinterp.analyses.cross_attention import CrossAttention
 from vidinterp.analyses.gramcol import GramCol
-from vidinterp.analyses.heads import AllHeads, HeadIndices, RandomHeads, TopKHeads
 from vidinterp.analyses.imap import IMAP
 from vidinterp.analyses.lambda2 import Lambda2Layers
 from vidinterp.analyses.prompt_mass import PromptMass
 from vidinterp.analyses.qk_matching import QKMatching
 from vidinterp.analyses.separation import Separation
-from vidinterp.analyses.surrogate import HiNorm, QKPeak
-from vidinterp.analysis import TraceContext
+from vidinterp.analysis import Analysis
+from vidinterp.context import TraceContext
+from vidinterp.kernels.heads import AllHeads, HeadIndices, RandomHeads, TopKHeads
+from vidinterp.kernels.surrogate import HiNorm, QKPeak
 from vidinterp.selectors import LayerIndices
 from vidinterp.testing import random_visit
 
@@ -154,6 +158,49 @@ def test_prompt_mass_matches_dense_softmax():
     visual = attention[:, 4:, :4]  # visual queries -> prompt keys
     expected = visual.reshape(2, 2, 9, 4).mean(axis=2)
     np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_prompt_mass_masks_padded_prompt_slots_of_the_analysed_rows():
+    """Where the layout masks prompt slots (HunyuanVideo), no mass goes to them and the rest is
+    renormalised as in the model's attention; the mask of the analysed (conditional) row applies."""
+    visit = random_visit(batch=2, heads=2, frames=2, height=3, width=3, prompt_tokens=4, seed=6,
+                         analysed_rows=slice(1, 2))
+    real = torch.tensor([[True, False, False, False], [True, True, True, False]])
+    visit = dataclasses.replace(visit, layout=dataclasses.replace(visit.layout, prompt_mask=real))
+    result = run(PromptMass(), [visit])["prompt_mass"].values  # [H, F, T]
+    q = visit.tensors["q"][1].double().numpy()
+    k = visit.tensors["k"][1].double().numpy()
+    logits = np.einsum("hid,hjd->hij", q, k) / np.sqrt(q.shape[-1])
+    logits[:, :, 3] = -np.inf  # the padded prompt slot of row 1
+    attention = np.exp(logits - logits.max(-1, keepdims=True))
+    attention /= attention.sum(-1, keepdims=True)
+    expected = attention[:, 4:, :4].reshape(2, 2, 9, 4).mean(axis=2)
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
+    assert (result[:, :, 3] == 0).all()
+
+
+def test_prompt_mass_merges_runs_over_other_steps_and_the_same_step():
+    visits = [random_visit(heads=2, frames=2, height=2, width=2, prompt_tokens=3, step=step, seed=seed)
+              for step, seed in ((0, 1), (1, 2), (1, 3))]
+    whole = run(PromptMass(), visits)["prompt_mass"]
+    first, second = PromptMass(), PromptMass()
+    run(first, visits[:2])
+    run(second, visits[2:])
+    xr.testing.assert_allclose(first.merge(second).result()["prompt_mass"], whole)
+
+
+def test_unknown_group_fails_at_bind_naming_the_allowed_groups():
+    class Extras(Analysis):
+        name, group = "extras", "extra"
+
+        def update(self, visit):
+            pass
+
+        def result(self):
+            return xr.Dataset()
+
+    with pytest.raises(ValueError, match=r"'extras' declares group 'extra'; expected one of \('maps', 'heads'"):
+        Extras().bind(TraceContext(concepts=["a"], num_layers=1, num_inference_steps=1))
 
 
 def test_paper_table2_rows_are_one_expression_each():

@@ -1,4 +1,4 @@
-"""Separation scores (vidinterp.analyses.cluster_scores) against scikit-learn / numpy oracles."""
+"""Separation scores (vidinterp.kernels.cluster_scores) against scikit-learn / numpy oracles."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import torch
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score  # noqa: E402
 
-from vidinterp.analyses.cluster_scores import (  # noqa: E402
+from vidinterp.kernels.cluster_scores import (  # noqa: E402
     HIGHER_IS_BETTER,
     SEPARATION_SCORES,
-    FrameScatter,
     calinski_harabasz,
     davies_bouldin,
     fisher_ratio,
@@ -84,13 +83,9 @@ def test_large_common_offset_float32():
     xt = torch.tensor(x, dtype=torch.float32)
     xn = xt.double().numpy()
     chi, db = calinski_harabasz(xt), davies_bouldin(xt)
-    acc = FrameScatter.empty(1, 2, 4, 8)
-    for s in range(0, 30, 7):
-        acc.update(xt[:, :, :, s:s + 7], compute_dtype=torch.float32)
     for b, h, X, labels in slices(xn):
         ref = calinski_harabasz_score(X, labels)
         np.testing.assert_allclose(chi[b, h].item(), ref, rtol=RTOL)
-        np.testing.assert_allclose(acc.calinski_harabasz()[b, h].item(), ref, rtol=RTOL)
         np.testing.assert_allclose(db[b, h].item(), davies_bouldin_score(X, labels), rtol=RTOL)
 
 
@@ -188,71 +183,6 @@ def test_low_precision_input_returns_float32(low):
         got = fn(xl, **kw)
         assert got.dtype == torch.float32 and got.shape == shape[:2], name
         torch.testing.assert_close(got, fn(xd, **kw), rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_streaming_accumulator_matches_one_shot():
-    shape = (2, 3, 4, 21, 5)
-    B, H, F, T, d = shape
-    xt = torch.tensor(make_outputs(shape, 0.4, seed=12))
-    chi, fisher = calinski_harabasz(xt), fisher_ratio(xt)
-
-    # accumulator A: uneven chunks over all frames at once
-    a = FrameScatter.empty(B, H, F, d)
-    for lo, hi in [(0, 1), (1, 6), (6, 6), (6, 10)]:
-        assert a.update(xt[:, :, :, lo:hi]) is a
-    # accumulator B: the rest, frame by frame in a shuffled order, mixing int and list frames
-    bacc = FrameScatter.empty(B, H, F, d)
-    for f in [2, 0, 3, 1]:
-        bacc.update(xt[:, :, f, 10:15], frames=f)          # [B,H,c,d] with an int frame
-    bacc.update(xt[:, :, [3, 1], 15:], frames=[3, 1])
-    bacc.update(xt[:, :, [0, 2], 15:], frames=torch.tensor([0, 2]))
-    merged = a.merge(bacc)
-    assert merged.counts.tolist() == [float(T)] * F
-    torch.testing.assert_close(merged.calinski_harabasz(), chi, rtol=1e-6, atol=0)
-    torch.testing.assert_close(merged.fisher_ratio(), fisher, rtol=1e-6, atol=0)
-    torch.testing.assert_close(bacc.merge(a).calinski_harabasz(), chi, rtol=1e-6, atol=0)
-    # merging leaves its inputs unchanged; one-shot construction agrees too
-    assert a.counts.tolist() == [10.0] * F
-    torch.testing.assert_close(FrameScatter.from_outputs(xt).calinski_harabasz(), chi, rtol=1e-6, atol=0)
-    # float32 state, bf16 chunks
-    acc32 = FrameScatter.empty(B, H, F, d, dtype=torch.float32)
-    xl = xt.to(torch.bfloat16)
-    for lo in range(0, T, 8):
-        acc32.update(xl[:, :, :, lo:lo + 8], compute_dtype=torch.float32)
-    torch.testing.assert_close(acc32.calinski_harabasz(), calinski_harabasz(xl), rtol=1e-5, atol=0)
-
-
-def test_streaming_unequal_frame_sizes_match_sklearn():
-    B, H, F, d = 1, 2, 3, 4
-    rng = np.random.default_rng(1)
-    sizes = [5, 9, 2]
-    frames = [rng.normal(size=(B, H, n, d)) + rng.normal(size=(B, H, 1, d)) for n in sizes]
-    acc = FrameScatter.empty(B, H, F, d)
-    for f, xf in enumerate(frames):
-        acc.update(torch.tensor(xf), frames=f)
-    chi, fisher = acc.calinski_harabasz(), acc.fisher_ratio()
-    labels = np.concatenate([np.full(n, f) for f, n in enumerate(sizes)])
-    for h in range(H):
-        X = np.concatenate([xf[0, h] for xf in frames])
-        np.testing.assert_allclose(chi[0, h].item(), calinski_harabasz_score(X, labels), rtol=RTOL)
-        np.testing.assert_allclose(fisher[0, h].item(), fisher_bruteforce(X, labels), rtol=RTOL)
-
-
-def test_streaming_errors():
-    acc = FrameScatter.empty(1, 2, 3, 4)
-    with pytest.raises(ValueError, match=r"frames \[0, 1, 2\] have no tokens"):
-        acc.calinski_harabasz()
-    acc.update(torch.randn(1, 2, 3, 1, 4))
-    with pytest.raises(ValueError, match="N > F"):
-        acc.fisher_ratio()
-    with pytest.raises(ValueError, match=r"\(1, 2, 3, \*, 4\)"):
-        acc.update(torch.randn(1, 2, 2, 5, 4))
-    with pytest.raises(ValueError, match="distinct"):
-        acc.update(torch.randn(1, 2, 2, 5, 4), frames=[1, 1])
-    with pytest.raises(ValueError, match=r"\[0, 3\)"):
-        acc.update(torch.randn(1, 2, 1, 5, 4), frames=[3])
-    with pytest.raises(ValueError, match="shapes differ"):
-        acc.merge(FrameScatter.empty(1, 2, 4, 4))
 
 
 def test_degenerate_cases_follow_sklearn():

@@ -42,6 +42,46 @@ def test_main_command_runs_a_tiny_pipeline_on_a_synthetic_clip(tmp_path):
     assert set(vidinterp.Trace.load(tmp_path / "trace.nc").maps.data_vars) >= {"imap", "cross_attention"}
 
 
+@pytest.mark.parametrize("family, methods", [
+    ("cogvideox", {"imap", "gramcol", "concept_attention", "cross_attention"}),
+    ("hunyuan_video", {"imap", "gramcol", "concept_attention", "cross_attention"}),
+    ("wan", {"imap", "gramcol", "cross_attention"}),  # no joint sites: no ConceptAttention
+    ("flux", {"gramcol", "concept_attention", "cross_attention"}),  # one frame: no motion heads
+    ("sd3", {"gramcol", "concept_attention", "cross_attention"}),
+])
+def test_every_tiny_model_runs_its_default_methods(tmp_path, family, methods):
+    import vidinterp
+    from vidinterp.cli import main
+
+    assert main(["run", "--model", f"tiny-{family}", "--out", str(tmp_path), "--steps", "4"]) == 0
+    assert set(vidinterp.Trace.load(tmp_path / "trace.nc").maps.data_vars) == methods
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--model", "tiny-wan", "--methods", "concept_attention"], "reads sites of kind ['joint'], but wan has"),
+    (["--model", "tiny-cogvideox", "--video", "clip.mp4"], "--concepts is required with --video"),
+    (["--model", "tiny-cogvideox", "--video", "missing.mp4", "--concepts", "dog"], "video file not found: missing.mp4"),
+])
+def test_user_errors_are_one_line(tmp_path, capsys, arguments, message):
+    from vidinterp.cli import main
+
+    assert main(["run", "--out", str(tmp_path / "out"), "--steps", "4", *arguments]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("vidinterp: error: ") and message in error and "\n" not in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_is_checked_before_the_model_loads(tmp_path, capsys):
+    from vidinterp.cli import main
+
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    assert main(["run", "--model", "zoo:nope", "--out", str(target)]) == 2
+    assert "is a file" in capsys.readouterr().err and target.read_text() == "keep me"
+    with pytest.raises(ValueError, match="is a file"):
+        main(["run", "--out", str(target), "--debug"])
+
+
 def test_main_command_rejects_unknown_method(tmp_path, capsys):
     from vidinterp.cli import main
 

@@ -19,7 +19,7 @@ from vidinterp.analyses.cross_attention import CrossAttention
 from vidinterp.analyses.gramcol import GramCol
 from vidinterp.analyses.imap import IMAP
 from vidinterp.analyses.official_imap import official_imap
-from vidinterp.analyses.surrogate import QKPeak
+from vidinterp.kernels.surrogate import QKPeak
 from vidinterp.prompt_words import PromptWords
 from vidinterp.selectors import AllLayers, LayerIndices
 from vidinterp.testing import random_visit

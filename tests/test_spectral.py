@@ -1,4 +1,4 @@
-"""Tests for ``vidinterp.analyses.spectral`` against a float64 NumPy oracle."""
+"""Tests for ``vidinterp.kernels.spectral`` against a float64 NumPy oracle."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
-from vidinterp.analyses import spectral
-from vidinterp.analyses.spectral import Lambda2Estimate, second_eigenvalue_magnitude
+from vidinterp.kernels import spectral
+from vidinterp.kernels.spectral import Lambda2Estimate, second_eigenvalue_magnitude
 
 ATOL = 1e-4
 

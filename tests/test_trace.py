@@ -166,6 +166,16 @@ def test_analysis_for_absent_site_kind_is_a_clear_error(pipe):
         vidinterp.trace(pipe, prompt="a dog", concepts=["dog"], analyses=[analysis], num_inference_steps=2)
 
 
+def test_analysis_with_unknown_group_fails_before_the_model_runs(pipe):
+    analysis = CrossAttention()
+    analysis.group = "extras"
+    visits = []
+    analysis.update = visits.append
+    with pytest.raises(ValueError, match=r"'cross_attention' declares group 'extras'; expected one of \('maps', 'heads', 'layers', 'diagnostics'\)"):
+        vidinterp.trace(pipe, prompt="a dog", concepts=["dog"], analyses=[analysis], num_inference_steps=2)
+    assert not visits
+
+
 def test_same_call_returns_maps_for_every_family():
     """One `vidinterp.trace` call, unchanged, on a tiny pipeline of each family."""
     for family in vidinterp.adapter_classes():

@@ -12,7 +12,8 @@ from PIL import Image
 
 import vidinterp
 import vidinterp.testing
-from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.analysis import Analysis
+from vidinterp.context import TraceContext
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for
 from vidinterp.concept_stream import concept_state

@@ -5,7 +5,8 @@
 >>> trace.maps            # xarray.Dataset (concept, frame, y, x), one variable per method
 """
 
-from vidinterp.analysis import Analysis, TraceContext
+from vidinterp.analysis import Analysis
+from vidinterp.context import TraceContext
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import adapter_classes, adapter_for, analysis_classes
 from vidinterp.results import Trace

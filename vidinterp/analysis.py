@@ -5,9 +5,9 @@ An analysis declares the site tensors it needs (``requires``), is updated at eve
 and returns an ``xarray.Dataset`` from :meth:`Analysis.result`. Several analyses share one
 traced pass. Writing a new one means implementing :meth:`update` and :meth:`result`::
 
-    class PromptMass(Analysis):
+    class PromptMass(Analysis):          # analyses/prompt_mass.py, the complete example
         name = "prompt_mass"
-        requires = (("q", "visual"), ("k", "prompt"))
+        requires = (("q", "visual"), ("k", "all"))
 
         def update(self, visit):
             ...   # add this visit's contribution to running sums
@@ -19,65 +19,18 @@ traced pass. Writing a new one means implementing :meth:`update` and :meth:`resu
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import xarray as xr
 
+from vidinterp.context import TraceContext
 from vidinterp.layout import TokenLayout
+from vidinterp.results import GROUPS
 from vidinterp.selectors import AllLayers, AllSteps, LayerSelector, StepSelector
 from vidinterp.sites import SiteVisit
 
-__all__ = ["Analysis", "TraceContext", "map_coords", "CALIBRATION_ATTRIBUTE"]
-
-#: A pipeline may carry per-model calibration as ``pipe.vidinterp_calibration`` (a dict, e.g.
-#: ``{"lambda2": {layer: score}}``); :func:`vidinterp.trace` hands it to every analysis as
-#: :attr:`TraceContext.calibration`. Zoo models ship theirs this way.
-CALIBRATION_ATTRIBUTE = "vidinterp_calibration"
-
-
-@dataclass
-class TraceContext:
-    """What an analysis knows about the trace it runs in, before the first visit.
-
-    Attributes:
-        concepts: concept names, in order (the ``concept`` coordinate).
-        num_layers: number of blocks with sites.
-        num_inference_steps: length of the denoising schedule.
-        timesteps: the schedule's timesteps, one per step index.
-        model: model family / id, for provenance.
-        calibration: per-model stored results (e.g. lambda2 layer scores) selectors may read;
-            from the pipeline's :data:`CALIBRATION_ATTRIBUTE` when it has one.
-        concept_slots: rows of the visits' concept tensors: the concepts, then zero-embedding
-            padding slots when the trace pads the concept stream (``vidinterp.trace(...,
-            concept_slots=...)``, the official IMAP code's convention); results keep the first
-            ``len(concepts)`` rows. Defaults to ``len(concepts)``.
-        locate_prompt_words: returns the concepts located among the prompt tokens
-            (:class:`~vidinterp.prompt_words.PromptWords`), for analyses that read prompt keys;
-            ``None`` when the trace has no prompt.
-    """
-
-    concepts: list[str]
-    num_layers: int
-    num_inference_steps: int
-    timesteps: list[float] = field(default_factory=list)
-    model: str = ""
-    calibration: dict[str, Any] = field(default_factory=dict)
-    concept_slots: int | None = None
-    locate_prompt_words: Callable[[], Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.concept_slots is None:
-            self.concept_slots = len(self.concepts)
-        if self.concept_slots < len(self.concepts):
-            raise ValueError(f"concept_slots={self.concept_slots} is fewer than the {len(self.concepts)} concepts")
-
-    def prompt_words(self):
-        """The concepts located among the prompt tokens (see :attr:`locate_prompt_words`)."""
-        if self.locate_prompt_words is None:
-            raise ValueError("reading the concepts' prompt tokens needs a prompt: pass prompt=... to the trace")
-        return self.locate_prompt_words()
+__all__ = ["Analysis", "map_coords"]
 
 
 def map_coords(layout: TokenLayout, concepts: list[str]) -> dict[str, Any]:
@@ -110,8 +63,8 @@ class Analysis(ABC):
 
     name: ClassVar[str]
     requires: ClassVar[tuple[tuple[str, str], ...]] = ()
-    #: which ``Trace`` attribute the result joins: ``"maps"``, ``"heads"``, ``"layers"`` or
-    #: ``"diagnostics"``.
+    #: which ``Trace`` attribute the result joins, one of :data:`vidinterp.results.GROUPS`:
+    #: ``"maps"``, ``"heads"``, ``"layers"`` or ``"diagnostics"`` (checked by :meth:`bind`).
     group: ClassVar[str] = "maps"
     #: whether ``vidinterp.trace`` runs it when no analyses are given.
     default: ClassVar[bool] = False
@@ -127,7 +80,10 @@ class Analysis(ABC):
         self.layout: TokenLayout | None = None
 
     def bind(self, context: TraceContext) -> None:
-        """Attach the trace context and reset running sums. Called once before a trace."""
+        """Attach the trace context and reset running sums. Called once before a trace; raises
+        a ``ValueError`` for a :attr:`group` the trace has no place for."""
+        if self.group not in GROUPS:
+            raise ValueError(f"analysis {self.name!r} declares group {self.group!r}; expected one of {GROUPS}")
         self.context = context
         self.layout = None
         self.steps.bind(context)

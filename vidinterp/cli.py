@@ -2,11 +2,15 @@
 netCDF file. With no arguments it runs on the bundled default: the trained shapes model of
 ``vidinterp.zoo`` (``zoo:shapes``) renoising its bundled held-out clip (an mp4 with exact
 masks). A zoo model renoises its own clip unless ``--video`` is given; a tiny random-weights
-pipeline (``--model tiny-<family>``) renoises a synthetic shapes clip at its geometry."""
+pipeline (``--model tiny-<family>``) renoises a synthetic shapes clip at its geometry (one
+frame for image models). Without ``--methods`` the default methods the model's sites allow
+run. A user error is one line on stderr and exit status 2 (``--debug`` shows the traceback)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,12 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      "a synthetic shapes clip at the model's geometry)")
     run.add_argument("--prompt", help="prompt / caption (default: the demo clip's caption)")
     run.add_argument("--concepts", nargs="+", help="concept words (default: the demo clip's concepts)")
-    run.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help=f"analyses to run (default: {' '.join(DEFAULT_METHODS)})")
+    run.add_argument("--methods", nargs="+", help=f"analyses to run (default: those of {' '.join(DEFAULT_METHODS)} that "
+                                                  f"the model's sites allow)")
     run.add_argument("--steps", type=int, default=50, help="inference steps of the schedule")
     run.add_argument("--renoise-step", type=int, help="schedule index to noise to (default: the family's reference)")
     run.add_argument("--resample", action="store_true", help="resample the video to the model's native geometry")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="vidinterp-out", help="output directory")
+    run.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     return parser
 
 
@@ -60,42 +66,62 @@ def _demo_clip(model: str, geometry: tuple[int, int, int], seed: int):
 
         return load_clip(vidinterp.zoo.demo_clip(model.removeprefix("zoo:")))
     frames, height, width = geometry
-    config = ShapesConfig(num_frames=frames, height=height, width=width, num_objects=(2, 2),
+    config = ShapesConfig(num_frames=max(frames, 2), height=height, width=width, num_objects=(2, 2),
+                          motion_probability=0.5 if frames > 1 else 0.0, partial_motion_probability=0.0,
                           size_range=(max(4, min(height, width) // 4), max(5, min(height, width) // 3)))
-    return generate_clip(config, seed=seed)
+    clip = generate_clip(config, seed=seed)
+    return dataclasses.replace(clip, frames=clip.frames[:frames], masks=clip.masks[:, :frames],
+                               moving=clip.moving[:, :frames])
+
+
+def _methods(requested: list[str] | None, adapter, frames: int) -> list:
+    """Analyses by name: the requested ones, or the defaults the model's sites and frames allow."""
+    from vidinterp.registry import analysis_classes
+
+    classes = analysis_classes()
+    if requested is None:
+        kinds = {spec.kind for spec in adapter.site_specs()}
+        return [classes[name]() for name in DEFAULT_METHODS
+                if kinds & set(classes[name].site_kinds) and classes[name].min_frames <= frames]
+    unknown = [name for name in requested if name not in classes]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; available: {sorted(classes)}")
+    return [classes[name]() for name in requested]
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output path that cannot become a directory before any work starts."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; give a directory to write trace.html and trace.nc into")
+    parent = next(path for path in (out, *out.parents) if path.exists())
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"--out {str(out)!r} is not writable ({str(parent)!r} is not)")
 
 
 def run(args: argparse.Namespace) -> int:
     import vidinterp
-    from vidinterp.registry import adapter_for, analysis_classes
+    from vidinterp.registry import adapter_for
 
     started = time.perf_counter()
-    try:
-        pipe = _pipeline(args.model)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"cannot load model {args.model!r}: {error}", file=sys.stderr)
-        return 2
+    out = Path(args.out)
+    _check_out(out)
+    pipe = _pipeline(args.model)
     adapter = adapter_for(pipe)
-    classes = analysis_classes()
-    unknown = [name for name in args.methods if name not in classes]
-    if unknown:
-        print(f"unknown methods {unknown}; available: {sorted(classes)}", file=sys.stderr)
-        return 2
+    frames = adapter.layout_for(*adapter.default_geometry()).frames
+    analyses = _methods(args.methods, adapter, frames)
     if args.video is None:
         clip = _demo_clip(args.model, adapter.default_geometry(), args.seed)
         video, prompt, concepts = clip.frames, args.prompt or clip.caption, args.concepts or clip.concepts
     else:
         if not args.concepts:
-            print("--concepts is required with --video", file=sys.stderr)
-            return 2
+            raise ValueError("--concepts is required with --video (the words to map, e.g. --concepts dog walking)")
         video, prompt, concepts = args.video, args.prompt or "", args.concepts
     geometry = dict(zip(("num_frames", "height", "width"), adapter.default_geometry())) if args.resample else {}
     trace = vidinterp.trace(
-        pipe, video=video, prompt=prompt, concepts=concepts, analyses=[classes[name]() for name in args.methods],
+        pipe, video=video, prompt=prompt, concepts=concepts, analyses=analyses,
         num_inference_steps=args.steps, renoise_step=args.renoise_step, resample=args.resample, seed=args.seed,
         **geometry,
     )
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     netcdf = trace.save(out / "trace.nc")
     html = out / "trace.html"
@@ -108,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(args)
+    try:
+        return run(args)
+    except (ValueError, TypeError, OSError, NotImplementedError, KeyError) as error:
+        if args.debug:
+            raise
+        print(f"vidinterp: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -2,15 +2,21 @@
 
 A :class:`HookPoint` returns its input unchanged. Because it is an ``nn.Module`` that lives in the
 model's module tree, plain torch forward hooks and nnsight both reach it by name, and whatever a
-hook returns replaces the tensor for the rest of the computation (ablation, patching).
+hook returns replaces the tensor for the rest of the computation (ablation, patching). Hooks
+handed to :func:`vidinterp.trace` may also take a ``context`` argument (:class:`HookContext`:
+step, timestep, site, branch) to act on one step or branch only.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
 import torch
 from torch import nn
 
-__all__ = ["HookPoint"]
+__all__ = ["HookPoint", "HookContext", "with_context"]
 
 
 class HookPoint(nn.Module):
@@ -22,3 +28,41 @@ class HookPoint(nn.Module):
 
     def forward(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """Where a hook point fires, for hooks that act on one step or branch (as TransformerLens
+    hooks receive their ``hook``).
+
+    Attributes:
+        name: the hook point's name, e.g. ``"blocks.3.attn.hook_z"``.
+        site: the site's :class:`~vidinterp.sites.SiteSpec`.
+        step: the denoising step index.
+        timestep: the step's timestep.
+        announced: the branch name the pipeline announced for the call (``"cond"``,
+            ``"uncond"``, ``"cond_uncond"``) or ``None``.
+        analysed_rows: the call's rows of the trace's analysed branch (``None``: the call is not
+            analysed: another branch, a perturbed branch, or a step outside the trace's steps).
+    """
+
+    name: str
+    site: Any
+    step: int
+    timestep: float
+    announced: str | None
+    analysed_rows: slice | None
+
+
+def with_context(function: Callable, name: str, site: Any, runtime: Any) -> Callable:
+    """A torch forward hook calling ``function(module, args, output)``, and passing
+    ``context=HookContext(...)`` too when ``function`` takes a ``context`` argument."""
+    if "context" not in inspect.signature(function).parameters:
+        return function
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor):
+        rows = runtime.layout.analysed_rows if runtime.active else None
+        context = HookContext(name, site, runtime.step, runtime.timestep, runtime.announced, rows)
+        return function(module, args, output, context=context)
+
+    return hook

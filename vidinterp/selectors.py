@@ -1,15 +1,14 @@
 """Selectors of denoising steps and layers that analyses compose.
 
-A selector is bound to the :class:`~vidinterp.analysis.TraceContext` before a trace and then
+A selector is bound to the :class:`~vidinterp.context.TraceContext` before a trace and then
 answers ``selects(index)``. Their ``repr`` is stored in result attrs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
-if TYPE_CHECKING:
-    from vidinterp.analysis import TraceContext
+from vidinterp.context import TraceContext
 
 __all__ = [
     "StepSelector",
@@ -25,7 +24,7 @@ __all__ = [
 class StepSelector:
     """Chooses denoising step indices (0 = first, noisiest step)."""
 
-    def bind(self, context: "TraceContext") -> None:
+    def bind(self, context: TraceContext) -> None:
         self.num_steps = context.num_inference_steps
 
     def selects(self, step: int) -> bool:
@@ -51,7 +50,7 @@ class StepIndices(StepSelector):
         if not self.steps:
             raise ValueError("StepIndices needs at least one step index, got none")
 
-    def bind(self, context: "TraceContext") -> None:
+    def bind(self, context: TraceContext) -> None:
         super().bind(context)
         outside = [step for step in self.steps if not 0 <= step < self.num_steps]
         if outside:
@@ -86,7 +85,7 @@ class LateSteps(StepSelector):
 class LayerSelector:
     """Chooses blocks (layers) by index."""
 
-    def bind(self, context: "TraceContext") -> None:
+    def bind(self, context: TraceContext) -> None:
         self.num_layers = context.num_layers
 
     def selects(self, layer: int) -> bool:
@@ -107,7 +106,7 @@ class LayerIndices(LayerSelector):
         if not self.layers:
             raise ValueError("LayerIndices needs at least one layer index, got none")
 
-    def bind(self, context: "TraceContext") -> None:
+    def bind(self, context: TraceContext) -> None:
         super().bind(context)
         outside = [layer for layer in self.layers if not 0 <= layer < self.num_layers]
         if outside:

@@ -12,9 +12,11 @@ import torch
 import xarray as xr
 
 from vidinterp.adapter import Adapter, ConceptReduction
-from vidinterp.analysis import CALIBRATION_ATTRIBUTE, Analysis, TraceContext
+from vidinterp.analysis import Analysis
+from vidinterp.context import CALIBRATION_ATTRIBUTE, TraceContext
 from vidinterp.branches import BRANCHES, Branch
 from vidinterp.concept_stream import concept_state
+from vidinterp.hooks import with_context
 from vidinterp.inputs import load_pipeline, prepare_video, validate_concepts
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for, analysis_classes
@@ -142,7 +144,9 @@ def trace(
             (default) or ``"unconditional"`` (the negative prompt's; see
             :mod:`vidinterp.branches`).
         hooks: ``{hook name: torch forward hook}`` registered on hook points for the run
-            (e.g. ``{"blocks.3.attn.hook_z": ablate}``), removed afterwards.
+            (e.g. ``{"blocks.3.attn.hook_z": ablate}``), removed afterwards. A hook that takes a
+            ``context`` argument also gets a :class:`~vidinterp.hooks.HookContext` (step,
+            timestep, site, announced branch, analysed rows), to act on one step or branch.
         pipeline_kwargs: extra inputs for ``pipe(...)`` in generation mode (e.g. ``image=`` for
             image-to-video pipelines).
         on_step: called with the step index after each denoising step.
@@ -218,7 +222,9 @@ def trace(
     with ExitStack() as stack:
         graph = stack.enter_context(installed(adapter, runtime))
         for hook_name, function in (hooks or {}).items():
-            stack.callback(graph.module(hook_name).register_forward_hook(function).remove)
+            site = graph[hook_name.rpartition(".")[0]].spec
+            hook = with_context(function, hook_name, site, runtime)
+            stack.callback(graph.module(hook_name).register_forward_hook(hook).remove)
         with torch.no_grad():
             if mode == "generation":
                 frames = _generate(adapter, runtime, prompt, negative_prompt, guidance, num_inference_steps,

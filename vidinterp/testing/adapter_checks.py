@@ -399,7 +399,7 @@ def check_planted_concept_words(adapter_cls, family: str) -> None:
 
 def _map_analyses(adapter_cls, pipe) -> list:
     """One instance of every registered map analysis the family's sites allow."""
-    from vidinterp.analyses._maps import MapAnalysis
+    from vidinterp.maps import MapAnalysis
     from vidinterp.registry import analysis_classes
 
     kinds = {spec.kind for spec in adapter_cls(pipe).site_specs()}

@@ -41,16 +41,11 @@ all ``N`` points):
 Each agrees with scikit-learn (``calinski_harabasz_score``, ``davies_bouldin_score``,
 ``silhouette_score``) applied to one ``(b, h)`` slice, including scikit-learn's conventions for
 degenerate inputs (documented per function).
-
-Streaming: :class:`FrameScatter` accumulates per-frame counts, means and centred sums of squares
-from chunks of tokens (Chan et al.'s parallel update, in ``float64``), can be merged, and
-finalises into CHI and the Fisher ratio.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Union
 
@@ -64,7 +59,6 @@ __all__ = [
     "silhouette",
     "silhouette_sample_indices",
     "separation_score",
-    "FrameScatter",
     "SEPARATION_SCORES",
     "HIGHER_IS_BETTER",
     "higher_is_better",
@@ -390,193 +384,6 @@ def silhouette(
         s = torch.where(n_own > 1, torch.nan_to_num(s, nan=0.0), torch.zeros_like(s))
         total += s.sum(dim=-1, dtype=torch.float64)
     return (total / S).reshape(B, H).to(torch.float32)
-
-
-# --------------------------------------------------------------------------------------------
-# streaming accumulator
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(eq=False)
-class FrameScatter:
-    """Streaming per-frame statistics for CHI and the Fisher ratio.
-
-    Holds, for every (batch, head, frame): the number of tokens seen, their mean and their centred
-    sum of squares ``m2 = sum_t ||x_t - mean||^2`` (summed over ``head_dim``). Chunks are folded
-    in with Chan et al.'s parallel update (``m2 = m2_a + m2_b + ||mean_b - mean_a||^2 n_a n_b/n``),
-    which is numerically stable (no ``E[x^2] - E[x]^2``). Frames may receive different numbers of
-    tokens; the scores then use the cluster-size-weighted definitions of
-    :func:`calinski_harabasz` / :func:`fisher_ratio` with the actual counts.
-
-    Attributes:
-        counts: ``[frames]`` float64 **CPU** tensor, tokens seen per frame (shared by all heads;
-            kept on the host so validation never synchronises the device).
-        mean: ``[batch, heads, frames, head_dim]`` tensor (``dtype``, default float64).
-        m2: ``[batch, heads, frames]`` tensor (``dtype``).
-
-    Typical use::
-
-        acc = FrameScatter.empty(B, H, F, d, device=x.device)
-        for chunk in token_chunks:                 # chunk: [B, H, F, c, d]
-            acc.update(chunk)
-        acc.update(one_frame_tokens, frames=3)     # [B, H, c, d] tokens of frame 3 only
-        chi = acc.merge(other_acc).calinski_harabasz()   # [B, H] float32
-    """
-
-    counts: torch.Tensor
-    mean: torch.Tensor
-    m2: torch.Tensor
-
-    # -- construction ------------------------------------------------------------------------
-    @classmethod
-    def empty(cls, batch: int, heads: int, frames: int, head_dim: int, *,
-              device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> "FrameScatter":
-        """An accumulator that has seen no tokens. ``dtype``: float64 (default) or float32."""
-        for name, v in (("batch", batch), ("heads", heads), ("frames", frames), ("head_dim", head_dim)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"FrameScatter.empty: {name} must be a positive int, got {v!r}")
-        if dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"FrameScatter.empty: dtype must be torch.float32 or torch.float64, got {dtype}")
-        return cls(
-            counts=torch.zeros(frames, dtype=torch.float64),
-            mean=torch.zeros(batch, heads, frames, head_dim, dtype=dtype, device=device),
-            m2=torch.zeros(batch, heads, frames, dtype=dtype, device=device),
-        )
-
-    @classmethod
-    def from_outputs(cls, outputs: torch.Tensor, *, dtype: torch.dtype = torch.float64,
-                     compute_dtype: torch.dtype | None = None) -> "FrameScatter":
-        """Statistics of a full ``[B, H, F, T, d]`` tensor (``T >= 1``), as one chunk."""
-        B, H, F, T, d = _check_outputs(outputs, "FrameScatter.from_outputs", min_tokens=1)
-        acc = cls.empty(B, H, F, d, device=outputs.device, dtype=dtype)
-        return acc.update(outputs, compute_dtype=compute_dtype)
-
-    # -- shape helpers -------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """``(batch, heads, frames, head_dim)``."""
-        B, H, F, d = self.mean.shape
-        return B, H, F, d
-
-    def _frame_index(self, frames: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
-        F = self.shape[2]
-        idx = torch.as_tensor(frames).detach().cpu().reshape(-1)
-        if idx.is_floating_point() or idx.dtype == torch.bool:
-            raise ValueError(f"FrameScatter.update: frames must be integers, got dtype {idx.dtype}")
-        idx = idx.to(torch.int64)
-        if idx.numel() == 0:
-            raise ValueError("FrameScatter.update: frames is empty")
-        if int(idx.min()) < -F or int(idx.max()) >= F:
-            raise ValueError(f"FrameScatter.update: frame indices must lie in [0, {F}), got {idx.tolist()}")
-        idx = idx % F
-        if torch.unique(idx).numel() != idx.numel():
-            raise ValueError(f"FrameScatter.update: frame indices must be distinct, got {idx.tolist()}")
-        return idx
-
-    # -- accumulation --------------------------------------------------------------------------
-    def update(self, chunk: torch.Tensor, frames: int | Sequence[int] | torch.Tensor | None = None, *,
-               compute_dtype: torch.dtype | None = None) -> "FrameScatter":
-        """Fold a chunk of tokens into the statistics (in place); returns ``self``.
-
-        Args:
-            chunk: ``[B, H, F', c, d]`` -- ``c`` more tokens for each of ``F'`` frames; with
-                ``frames=None`` ``F'`` must equal the accumulator's ``F`` (all frames, in order).
-                With an ``int`` ``frames``, ``chunk`` may also be ``[B, H, c, d]``.
-            frames: which frames the chunk's frame axis refers to (distinct indices), or ``None``.
-            compute_dtype: dtype for the chunk's own reductions; default is the accumulator's
-                dtype (float64), which casts the chunk -- pass float32 to save memory on big
-                chunks (the merge itself always runs in the accumulator's dtype).
-        """
-        if not isinstance(chunk, torch.Tensor) or not chunk.is_floating_point():
-            raise TypeError(f"FrameScatter.update: chunk must be a floating torch.Tensor, got "
-                            f"{type(chunk).__name__}{'' if not isinstance(chunk, torch.Tensor) else ' ' + str(chunk.dtype)}")
-        B, H, F, d = self.shape
-        if isinstance(frames, (int, np.integer)) and not isinstance(frames, bool) and chunk.ndim == 4:
-            chunk = chunk.unsqueeze(2)
-        if chunk.ndim != 5:
-            raise ValueError(f"FrameScatter.update: expected chunk [batch, heads, frames, tokens, head_dim] "
-                             f"(or [batch, heads, tokens, head_dim] with an int `frames`), got shape "
-                             f"{tuple(chunk.shape)}")
-        fidx = torch.arange(F) if frames is None else self._frame_index(frames)
-        expected = (B, H, int(fidx.numel()), d)
-        got = (chunk.shape[0], chunk.shape[1], chunk.shape[2], chunk.shape[4])
-        if got != expected:
-            raise ValueError(f"FrameScatter.update: chunk shape {tuple(chunk.shape)} does not match "
-                             f"(batch, heads, frames, *, head_dim) = ({B}, {H}, {expected[2]}, *, {d})")
-        c = chunk.shape[3]
-        if c == 0:
-            return self
-        sdtype = self.mean.dtype
-        cdtype = sdtype if compute_dtype is None else _resolve_compute_dtype(chunk.dtype, compute_dtype,
-                                                                              "FrameScatter.update")
-        shift = chunk.mean(dim=(2, 3), keepdim=True, dtype=cdtype)
-        xc = chunk.to(device=self.mean.device, dtype=cdtype) - shift.to(self.mean.device)
-        rel = xc.mean(dim=3, keepdim=True)
-        xc.sub_(rel)
-        m2_b = torch.linalg.vector_norm(xc, dim=-1).square().sum(dim=-1).to(sdtype)   # [B,H,F']
-        del xc
-        mean_b = (shift.to(self.mean.device, sdtype) + rel.to(sdtype)).squeeze(3)      # [B,H,F',d]
-        n_b = torch.full((fidx.numel(),), float(c), dtype=torch.float64)
-        self._merge_into(fidx, n_b, mean_b, m2_b)
-        return self
-
-    def _merge_into(self, fidx: torch.Tensor, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
-        n_a = self.counts[fidx]
-        n = n_a + n_b
-        dev, sdtype = self.mean.device, self.mean.dtype
-        w_b = (n_b / n.clamp_min(1.0)).to(dev, sdtype)                      # [F']
-        w_ab = (n_a * n_b / n.clamp_min(1.0)).to(dev, sdtype)               # [F']
-        fdev = fidx.to(dev)
-        mean_a = self.mean.index_select(2, fdev)
-        m2_a = self.m2.index_select(2, fdev)
-        delta = mean_b - mean_a
-        self.mean.index_copy_(2, fdev, mean_a + delta * w_b[:, None])
-        self.m2.index_copy_(2, fdev, m2_a + m2_b + delta.square().sum(dim=-1) * w_ab)
-        self.counts[fidx] = n
-
-    def merge(self, other: "FrameScatter") -> "FrameScatter":
-        """A new accumulator holding the statistics of both (``self`` and ``other`` unchanged)."""
-        if not isinstance(other, FrameScatter):
-            raise TypeError(f"FrameScatter.merge: expected a FrameScatter, got {type(other).__name__}")
-        if other.shape != self.shape:
-            raise ValueError(f"FrameScatter.merge: shapes differ (batch, heads, frames, head_dim): "
-                             f"{self.shape} vs {other.shape}")
-        out = FrameScatter(self.counts.clone(), self.mean.clone(), self.m2.clone())
-        F = self.shape[2]
-        out._merge_into(torch.arange(F), other.counts.clone(),
-                        other.mean.to(out.mean.device, out.mean.dtype),
-                        other.m2.to(out.m2.device, out.m2.dtype))
-        return out
-
-    # -- finalisation --------------------------------------------------------------------------
-    def _check_ready(self, func: str) -> None:
-        F = self.shape[2]
-        empty = (self.counts == 0).nonzero().reshape(-1).tolist()
-        if empty:
-            raise ValueError(f"FrameScatter.{func}: frames {empty} have no tokens; every one of the "
-                             f"{F} frames needs at least one")
-        total = float(self.counts.sum())
-        if not total > F:
-            raise ValueError(f"FrameScatter.{func}: need more tokens than frames (N > F), got "
-                             f"N={int(total)}, F={F}")
-
-    def traces(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tr(S_b), tr(S_w))``, each ``[batch, heads]`` float64 (cluster-size-weighted between
-        scatter and total within scatter; see :func:`fisher_ratio`)."""
-        self._check_ready("traces")
-        counts = self.counts.to(self.mean.device)
-        return _traces(counts, self.mean.to(torch.float64), self.m2.to(torch.float64))
-
-    def calinski_harabasz(self) -> torch.Tensor:
-        """CHI from the accumulated statistics: ``[batch, heads]`` float32."""
-        self._check_ready("calinski_harabasz")
-        tr_b, tr_w = self.traces()
-        return _chi_from_traces(tr_b, tr_w, float(self.counts.sum()), self.shape[2])
-
-    def fisher_ratio(self) -> torch.Tensor:
-        """``tr(S_b) / tr(S_w)`` from the accumulated statistics: ``[batch, heads]`` float32."""
-        tr_b, tr_w = self.traces()
-        return (tr_b / tr_w).to(torch.float32)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from vidinterp.analyses._maps import frames_view
-from vidinterp.analysis import TraceContext
+from vidinterp.context import TraceContext
+from vidinterp.kernels.tokens import frames_view
 from vidinterp.sites import SiteVisit
 
 __all__ = ["SurrogateSelector", "QKPeak", "HiNorm", "qk_scores"]

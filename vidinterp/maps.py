@@ -1,5 +1,6 @@
-"""Shared machinery of the map analyses: one ``(concept, frame, y, x)`` map per visit, averaged
-over the selected visits, with an explicit choice of where the softmax over concepts goes."""
+"""Base class of the map analyses: one ``(concept, frame, y, x)`` map per visit, averaged over
+the selected visits, with an explicit choice of where the softmax over concepts goes. A new map
+method subclasses :class:`MapAnalysis` and implements only :meth:`MapAnalysis.visit_map`."""
 
 from __future__ import annotations
 
@@ -12,16 +13,10 @@ import xarray as xr
 from vidinterp.analysis import Analysis, map_coords
 from vidinterp.sites import SiteVisit
 
-__all__ = ["MapAnalysis", "ConceptSoftmax", "SOFTMAX_CHOICES", "frames_view"]
+__all__ = ["MapAnalysis", "ConceptSoftmax", "SOFTMAX_CHOICES"]
 
 ConceptSoftmax = Literal["none", "per_visit", "final"]
 SOFTMAX_CHOICES = ("none", "per_visit", "final")
-
-
-def frames_view(visual: torch.Tensor, frames: int) -> torch.Tensor:
-    """``[B, H, P, d]`` visual tokens -> ``[B, H, F, h*w, d]`` (tokens are frame-major)."""
-    batch, heads, tokens, dim = visual.shape
-    return visual.reshape(batch, heads, frames, tokens // frames, dim)
 
 
 class MapAnalysis(Analysis):

@@ -12,8 +12,8 @@ from typing import Iterable
 
 import torch
 
-from vidinterp.analyses._maps import frames_view
-from vidinterp.analyses.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES, separation_score
+from vidinterp.kernels.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES, separation_score
+from vidinterp.kernels.tokens import frames_view
 from vidinterp.sites import SiteVisit
 
 __all__ = ["HeadSelector", "AllHeads", "HeadIndices", "TopKHeads", "RandomHeads"]
