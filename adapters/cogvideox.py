@@ -25,7 +25,7 @@ from torch import nn
 from vidinterp.adapter import Adapter, ConceptReduction, ConceptTokens, joint_site_specs, reduce_concept_rows, word_pieces
 from vidinterp.concept_stream import ConceptProjections, ConceptStreamSpec, StreamModulation
 from vidinterp.geometry import Geometry
-from vidinterp.layout import TokenLayout, token_layout
+from vidinterp.layout import TokenLayout
 from vidinterp.processors import SiteObserver, SiteProcessor, attention
 from vidinterp.prompt_words import PromptWords, locate_prompt_words
 from vidinterp.registry import register_adapter
@@ -120,13 +120,9 @@ class CogVideoXAdapter(Adapter):
         return CogVideoXSiteProcessor(spec, original, observer)
 
     def call_layout(self, arguments: dict[str, Any], pixel_frames: int | None) -> TokenLayout:
-        batch, latent_frames, _, latent_height, latent_width = arguments["hidden_states"].shape
-        geometry = self.geometry()
-        frames = latent_frames // geometry.temporal_patch
-        return token_layout(frames, latent_height // geometry.patch, latent_width // geometry.patch,
-                            arguments["encoder_hidden_states"].shape[1], self.token_order, batch=batch,
-                            frame_spans=self.frame_spans(frames, pixel_frames),
-                            pixels_per_token=(geometry.token_cell, geometry.token_cell))
+        batch, latent_frames, _, latent_height, latent_width = arguments["hidden_states"].shape  # frames first
+        return self.latent_layout(batch, latent_frames, latent_height, latent_width,
+                                  arguments["encoder_hidden_states"].shape[1], pixel_frames)
 
     # ---------------------------------------------------------------- text
     @property

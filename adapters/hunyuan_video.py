@@ -42,7 +42,7 @@ from torch import nn
 from vidinterp.adapter import Adapter, ConceptReduction, ConceptTokens, joint_site_specs, reduce_concept_rows
 from vidinterp.concept_stream import AdaNormZeroModulation, ConceptStreamSpec
 from vidinterp.geometry import Geometry
-from vidinterp.layout import TokenLayout, token_layout
+from vidinterp.layout import TokenLayout
 from vidinterp.registry import register_adapter
 from vidinterp.sites import SiteSpec
 
@@ -111,14 +111,10 @@ class HunyuanVideoAdapter(Adapter):
         attends to the first ``sum(encoder_attention_mask)`` slots (:attr:`TokenLayout.prompt_mask`)."""
         batch, _, latent_frames, latent_height, latent_width = arguments["hidden_states"].shape
         prompt_mask = arguments["encoder_attention_mask"]
-        geometry = self.geometry()
-        frames = latent_frames // geometry.temporal_patch
         text_length = prompt_mask.shape[1]
         lengths = prompt_mask.sum(dim=1, dtype=torch.int)
         mask = torch.arange(text_length, device=prompt_mask.device)[None] < lengths[:, None]
-        return token_layout(frames, latent_height // geometry.patch, latent_width // geometry.patch, text_length,
-                            self.token_order, batch=batch, frame_spans=self.frame_spans(frames, pixel_frames),
-                            pixels_per_token=(geometry.token_cell, geometry.token_cell), prompt_mask=mask)
+        return self.latent_layout(batch, latent_frames, latent_height, latent_width, text_length, pixel_frames, mask)
 
     # ---------------------------------------------------------------- text
     def _call_default(self, name: str) -> Any:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidinterp.adapter import ConceptReduction, ConceptTokens, joint_site_specs, reduce_concept_rows, word_pieces
-from vidinterp.layout import TokenLayout, token_layout
+from vidinterp.layout import TokenLayout
 from vidinterp.processors import SiteObserver, SiteProcessor, attention
 from vidinterp.registry import register_adapter
 from vidinterp.sites import SiteSpec
@@ -122,10 +122,8 @@ class SD3Adapter(ImageMMDiTAdapter):
 
     def call_layout(self, arguments: dict[str, Any], pixel_frames: int | None) -> TokenLayout:
         batch, _, latent_height, latent_width = arguments["hidden_states"].shape
-        patch, cell = self.patch(), self.geometry().token_cell
-        return token_layout(1, latent_height // patch, latent_width // patch,
-                            arguments["encoder_hidden_states"].shape[1], self.token_order, batch=batch,
-                            frame_spans=((0, 0),), pixels_per_token=(cell, cell))
+        return self.latent_layout(batch, 1, latent_height, latent_width, arguments["encoder_hidden_states"].shape[1],
+                                  pixel_frames)
 
     def is_perturbed_call(self, arguments: dict[str, Any]) -> bool:
         """Skip-layer guidance's extra call (``skip_layers``) runs a perturbed branch."""

@@ -40,7 +40,7 @@ import torch
 
 from vidinterp.adapter import CONCEPT_REDUCTIONS, Adapter, ConceptReduction, ConceptTokens, word_pieces
 from vidinterp.geometry import Geometry
-from vidinterp.layout import TokenLayout, token_layout
+from vidinterp.layout import TokenLayout
 from vidinterp.prompt_words import PromptWords, locate_prompt_words
 from vidinterp.registry import register_adapter
 from vidinterp.sites import SiteSpec
@@ -98,12 +98,8 @@ class WanAdapter(Adapter):
         and ``hook_k``/``hook_v`` at self sites) ``[0, F*h*w)``, prompt tokens
         (``hook_k``/``hook_v`` at cross sites) ``[0, T)``."""
         batch, _, latent_frames, latent_height, latent_width = arguments["hidden_states"].shape
-        geometry = self.geometry()
-        frames = latent_frames // geometry.temporal_patch
-        return token_layout(frames, latent_height // geometry.patch, latent_width // geometry.patch,
-                            arguments["encoder_hidden_states"].shape[1], self.token_order, batch=batch,
-                            frame_spans=self.frame_spans(frames, pixel_frames),
-                            pixels_per_token=(geometry.token_cell, geometry.token_cell))
+        return self.latent_layout(batch, latent_frames, latent_height, latent_width,
+                                  arguments["encoder_hidden_states"].shape[1], pixel_frames)
 
     def cfg_batched(self, guidance_scale: float) -> bool:
         """Never: the Wan pipelines run the CFG branches as separate calls."""

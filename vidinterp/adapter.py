@@ -255,6 +255,18 @@ class Adapter(ABC):
         return token_layout(*geometry.tokens(num_frames, height, width), self.prompt_tokens, self.token_order,
                             batch=batch, frame_spans=geometry.frame_spans(num_frames), pixels_per_token=(cell, cell))
 
+    def latent_layout(self, batch: int, latent_frames: int, latent_height: int, latent_width: int, prompt_tokens: int,
+                      pixel_frames: int | None, prompt_mask: torch.Tensor | None = None) -> TokenLayout:
+        """The layout of a call on ``[latent_frames, latent_height, latent_width]`` latents (before
+        patching) and ``prompt_tokens`` prompt slots, as the model's :meth:`geometry` and
+        ``token_order`` place them; every row analysed."""
+        geometry = self.geometry()
+        frames = latent_frames // geometry.temporal_patch
+        cell = geometry.token_cell
+        return token_layout(frames, latent_height // geometry.patch, latent_width // geometry.patch, prompt_tokens,
+                            self.token_order, batch=batch, frame_spans=self.frame_spans(frames, pixel_frames),
+                            pixels_per_token=(cell, cell), prompt_mask=prompt_mask)
+
     def frame_spans(self, token_frames: int, pixel_frames: int | None) -> tuple[tuple[int, int], ...]:
         """Pixel frames of each of a call's ``token_frames``: from the video's ``pixel_frames``
         when known, else as a causal VAE without leading padding maps them."""
