@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import torch
 
-from vidinterp.adapter import CONCEPT_REDUCTIONS, Adapter, ConceptReduction, ConceptTokens, word_pieces
+from vidinterp.adapter import Adapter, ConceptReduction, ConceptTokens, prompt_word_concepts
 from vidinterp.geometry import Geometry
 from vidinterp.layout import TokenLayout
 from vidinterp.prompt_words import PromptWords, locate_prompt_words
@@ -112,13 +112,8 @@ class WanAdapter(Adapter):
         return int(inspect.signature(type(self.pipe).__call__).parameters["max_sequence_length"].default)
 
     def encode_concepts(self, concepts: list[str], reduction: ConceptReduction) -> ConceptTokens:
-        """Wan has no concept stream: concepts are not encoded on their own. Returns the names,
-        their stand-alone tokenizer pieces and the reduction, with zero-width embeddings
-        ``[C, 0]``; :meth:`concept_state` maps the concepts onto the prompt's tokens."""
-        if reduction not in CONCEPT_REDUCTIONS:
-            raise ValueError(f"concept reduction must be one of {CONCEPT_REDUCTIONS}, got {reduction!r}")
-        pieces = [word_pieces(self.pipe.tokenizer, concept)[1] for concept in concepts]
-        return ConceptTokens(list(concepts), torch.zeros(len(concepts), 0), pieces, reduction)
+        """No concept stream: see :func:`~vidinterp.adapter.prompt_word_concepts`."""
+        return prompt_word_concepts(self.pipe.tokenizer, concepts, reduction)
 
     def prompt_words(self, prompt: str, concepts: list[str], reduction: ConceptReduction) -> PromptWords:
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean

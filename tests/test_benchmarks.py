@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from vidinterp.datasets.scoring import ALL_METRICS
+from vidinterp.testing.planted import planted_families
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes.py"
 
@@ -81,7 +82,7 @@ def test_planted_benchmark_writes_the_table_of_known_answers(tmp_path, monkeypat
     monkeypatch.setattr("sys.argv", ["planted.py", "--out", str(tmp_path / "planted")])
     module.main()
     result = json.loads((tmp_path / "planted.json").read_text())
-    assert set(result) == {"cogvideox", "flux", "hunyuan_video", "sd3", "wan"}
+    assert set(result) == set(planted_families())
     for family, answers in result.items():
         assert {row["resolution"] for row in answers["maps"]} == {"token", "pixel"}
         assert all(row["pointing"] == 1.0 and row["worst_iou"] >= 0.9 for row in answers["maps"]), family

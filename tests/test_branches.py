@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import xarray as xr
 
 import vidinterp
 import vidinterp.testing
-from vidinterp.analysis import Analysis
 from vidinterp.branches import branch_rows
+from vidinterp.testing.recorder import VisitRecorder
 
 PROMPT, NEGATIVE = "a red dog walking on green grass", "a blue dog sleeping in a white room"
 
@@ -42,22 +41,6 @@ def test_unknown_branch_is_refused():
                         num_inference_steps=2, branch="negative")
 
 
-class Recorder(Analysis):
-    """Keeps the visual queries and outputs of every analysed visit."""
-
-    name, group, requires = "recorder", "diagnostics", (("q", "visual"), ("z", "visual"))
-    site_kinds = ("joint", "self", "cross")
-
-    def reset(self) -> None:
-        self.seen = {}
-
-    def update(self, visit) -> None:
-        for tensor in "qz":
-            self.seen.setdefault((visit.step, visit.site.name, tensor), []).append(visit.get(tensor, "visual").clone())
-
-    def result(self) -> xr.Dataset:
-        return xr.Dataset()
-
 
 @pytest.mark.parametrize("family", ["cogvideox", "wan", "hunyuan_video"])
 def test_the_unconditional_branch_is_the_negative_prompts_conditional_one(family):
@@ -72,10 +55,10 @@ def test_the_unconditional_branch_is_the_negative_prompts_conditional_one(family
     for options in (dict(prompt=PROMPT, negative_prompt=NEGATIVE, branch="unconditional", guidance_scale=guidance,
                          pipeline_kwargs=branch),
                     dict(prompt=NEGATIVE, guidance_scale=1.0 if guidance else None)):
-        recorder = Recorder()
+        recorder = VisitRecorder(keep=[("q", "visual"), ("z", "visual")])
         vidinterp.trace(pipe, concepts=["dog"], analyses=[recorder],
                         num_inference_steps=2, steps=[0], **options)
-        runs.append(recorder.seen)
+        runs.append(recorder.tensors)
     unconditional, negative = runs
     assert unconditional.keys() == negative.keys() and unconditional
     for key, tensors in unconditional.items():

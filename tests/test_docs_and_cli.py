@@ -46,6 +46,7 @@ def test_main_command_runs_a_tiny_pipeline_on_a_synthetic_clip(tmp_path):
     ("cogvideox", {"imap", "gramcol", "concept_attention", "cross_attention"}),
     ("hunyuan_video", {"imap", "gramcol", "concept_attention", "cross_attention"}),
     ("wan", {"imap", "gramcol", "cross_attention"}),  # no joint sites: no ConceptAttention
+    ("ltx", {"imap", "gramcol", "cross_attention"}),  # no joint sites: no ConceptAttention
     ("flux", {"gramcol", "concept_attention", "cross_attention"}),  # one frame: no motion heads
     ("sd3", {"gramcol", "concept_attention", "cross_attention"}),
 ])

@@ -7,17 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from PIL import Image
 
 import vidinterp
 import vidinterp.testing
-from vidinterp.analysis import Analysis
 from vidinterp.context import TraceContext
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for
 from vidinterp.concept_stream import concept_state
 from vidinterp.runtime import Runtime
+from vidinterp.testing.recorder import VisitRecorder
 from vidinterp.video import to_model_pixels
 
 PROMPT = "a red dog walking on green grass"
@@ -25,30 +24,6 @@ PROMPT_WORDS = ["a", "red", "dog", "walking", "on", "green", "grass"]
 VARIANTS = ["t2v", "i2v"]
 IMAGE_HOOKS = ("hook_image_k", "hook_image_v", "hook_image_z")
 
-
-class Recorder(Analysis):
-    """Test analysis: keeps every visit's site name and step, and clones of requested tensors."""
-
-    name = "recorder"
-    group = "diagnostics"
-    site_kinds = ("self", "cross")
-
-    def __init__(self, keep: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__()
-        self.keep = keep
-
-    def reset(self) -> None:
-        self.visits: list[tuple[int, str]] = []
-        self.tensors: dict[tuple[int, str], dict[tuple[str, str], torch.Tensor]] = {}
-
-    def update(self, visit) -> None:
-        self.visits.append((visit.step, visit.site.name))
-        kept = {(t, p): visit.get(t, p).clone() for t, p in self.keep if visit.provides(t, p)}
-        if kept:
-            self.tensors[(visit.step, visit.site.name)] = kept
-
-    def result(self) -> xr.Dataset:
-        return xr.Dataset()
 
 
 def _pipe(variant: str = "t2v", **overrides):
@@ -204,7 +179,7 @@ def test_concept_keys_and_values_gather_the_prompt_tokens(reduction):
     adapter = adapter_for(pipe)
     inputs = transformer_inputs(pipe)
     concepts = ["grass", "walking"]
-    recorder = Recorder(keep=(("k", "concept"), ("v", "concept"), ("k", "prompt")))
+    recorder = VisitRecorder(keep=(("k", "concept"), ("v", "concept"), ("k", "prompt")))
     recorder.bind(TraceContext(concepts=concepts, num_layers=2, num_inference_steps=1))
     with pytest.warns(UserWarning, match="'walking' splits into 2 tokens"):
         state = concept_state(adapter, adapter.encode_concepts(concepts, reduction), PROMPT)
@@ -218,10 +193,10 @@ def test_concept_keys_and_values_gather_the_prompt_tokens(reduction):
         walk = ids.index(pipe.tokenizer.convert_tokens_to_ids("walk"))
         for layer, block in enumerate(pipe.transformer.blocks):
             key, value = _prompt_keys_values(block, context)
-            got = recorder.tensors[(0, f"blocks.{layer}.cross_attn")]
-            assert torch.equal(got[("k", "prompt")], key)
+            site = f"blocks.{layer}.cross_attn"
+            assert torch.equal(recorder.one(0, site, "k", "prompt"), key)
             for letter, tensor in (("k", key), ("v", value)):
-                concept = got[(letter, "concept")]
+                concept = recorder.one(0, site, letter, "concept")
                 assert concept.shape == (1, 2, 2, 16)
                 assert torch.equal(concept[:, :, 0], tensor[:, :, grass])
                 if reduction == "first":
@@ -243,7 +218,7 @@ def test_unconditional_calls_are_neither_analysed_nor_slowed(monkeypatch):
                         lambda self, tensor: gathers.append(1) or original_gather(self, tensor))
     calls = []
     handle = pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
-    recorder = Recorder(keep=(("k", "prompt"),))
+    recorder = VisitRecorder(keep=(("k", "prompt"),))
     try:
         trace = vidinterp.trace(pipe, prompt=PROMPT, concepts=["dog"], analyses=[recorder], num_inference_steps=3,
                                 steps=range(3), guidance_scale=5.0, negative_prompt="a blue cat")
@@ -257,14 +232,14 @@ def test_unconditional_calls_are_neither_analysed_nor_slowed(monkeypatch):
     with torch.no_grad():
         context = pipe.transformer.condition_embedder.text_embedder(_prompt_embeds(pipe))
         key, _ = _prompt_keys_values(pipe.transformer.blocks[0], context)
-    assert torch.equal(recorder.tensors[(1, "blocks.0.cross_attn")][("k", "prompt")], key)
+    assert torch.equal(recorder.one(1, "blocks.0.cross_attn", "k", "prompt"), key)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_renoise_with_cfg_visits_each_step_once(variant):
     pipe = _pipe(variant)
     video = np.random.default_rng(0).integers(0, 256, (9, 32, 48, 3), dtype=np.uint8)
-    recorder = Recorder()
+    recorder = VisitRecorder()
     trace = vidinterp.trace(pipe, video=video, prompt=PROMPT, concepts=["dog"], analyses=[recorder],
                             num_inference_steps=5, num_renoise_steps=2, guidance_scale=5.0)
     sites = [spec.name for spec in adapter_for(pipe).site_specs()]

@@ -85,6 +85,16 @@ def word_pieces(tokenizer, text: str) -> tuple[list[int], list[str]]:
     return list(ids), tokenizer.convert_ids_to_tokens(list(ids))
 
 
+def prompt_word_concepts(tokenizer, concepts: list[str], reduction: ConceptReduction) -> ConceptTokens:
+    """Concepts of a family without a concept stream (they are words of the prompt): the names,
+    their stand-alone tokenizer pieces and the reduction, with zero-width embeddings ``[C, 0]``.
+    The adapter's ``prompt_words`` later finds them among the prompt's tokens."""
+    if reduction not in CONCEPT_REDUCTIONS:
+        raise ValueError(f"concept reduction must be one of {CONCEPT_REDUCTIONS}, got {reduction!r}")
+    pieces = [word_pieces(tokenizer, concept)[1] for concept in concepts]
+    return ConceptTokens(list(concepts), torch.zeros(len(concepts), 0), pieces, reduction)
+
+
 def reduce_concept_rows(
     hidden: torch.Tensor, positions: list[list[int]], names: list[str], pieces: list[list[str]],
     reduction: ConceptReduction,

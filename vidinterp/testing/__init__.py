@@ -9,6 +9,8 @@
 * :func:`check_adapter` / :func:`check_analysis`: the public conformance checks every adapter and
   every analysis must pass (:mod:`vidinterp.testing.checks`), also usable on classes that live
   outside vidinterp.
+* :class:`VisitRecorder`: an analysis that records each visit's step, site, layout and tensors
+  (:mod:`vidinterp.testing.recorder`).
 """
 
 from vidinterp.testing.checks import (
@@ -30,6 +32,7 @@ from vidinterp.testing.planted import (
     planted_trace,
     register_planted,
 )
+from vidinterp.testing.recorder import VisitRecorder
 from vidinterp.testing.tiny import (
     TINY_VOCABULARY,
     clip_word_tokenizer,
@@ -45,6 +48,7 @@ from vidinterp.testing.tiny import (
 )
 
 __all__ = [
+    "VisitRecorder",
     "tiny_pipeline",
     "tiny_families",
     "tiny_variants",

@@ -9,9 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import xarray as xr
 
-from vidinterp.analysis import Analysis
 from vidinterp.testing.conformance import (
     CONCEPTS,
     MAP_DIMS,
@@ -28,6 +26,7 @@ from vidinterp.testing.conformance import (
     traced,
     video_of,
 )
+from vidinterp.testing.recorder import VisitRecorder
 
 # -------------------------------------------------------------------- mechanics
 def check_sites_have_stable_names(adapter_cls, tiny: TinyBuilder) -> None:
@@ -257,26 +256,6 @@ def check_timesteps_match_pipeline_schedule(adapter_cls, tiny: TinyBuilder) -> N
     assert seen == expected, f"pipeline stepped through {seen}, timesteps_for gave {expected}"
 
 
-class _VisitRecorder(Analysis):
-    """Records every tensor part of every analysed visit (the conditional rows it is given)."""
-
-    name = "visit_recorder"
-    group = "diagnostics"
-    site_kinds = ("joint", "self", "cross")
-
-    def reset(self) -> None:
-        self.seen: dict[tuple, list[torch.Tensor]] = {}
-
-    def update(self, visit) -> None:
-        for tensor in "qkvz":
-            for part in ("visual", "prompt", "concept"):
-                if visit.provides(tensor, part):
-                    key = (visit.step, visit.site.name, tensor, part)
-                    self.seen.setdefault(key, []).append(visit.get(tensor, part).detach().clone())
-
-    def result(self) -> xr.Dataset:
-        return xr.Dataset()
-
 
 def check_only_conditional_branch_analysed(adapter_cls, tiny: TinyBuilder) -> None:
     """With the pipeline's unconditional CFG branch on (``unconditional_branch``), analyses see
@@ -285,13 +264,13 @@ def check_only_conditional_branch_analysed(adapter_cls, tiny: TinyBuilder) -> No
     adapter = adapter_of(adapter_cls, pipe)
     runs = []
     for scale in (1.0, 3.0):
-        recorder = _VisitRecorder()
+        recorder = VisitRecorder(keep="all")
         branch = adapter.unconditional_branch(scale)
         guidance = branch.pop("guidance_scale", None)  # trace's own argument; the rest goes to the pipeline
         traced(adapter_cls, pipe, prompt=PROMPT, concepts=CONCEPTS, num_inference_steps=2, steps=[0],
                analyses=[recorder], negative_prompt="a blue cat sleeping in a white room", guidance_scale=guidance,
                pipeline_kwargs={**required_inputs(pipe, adapter), **branch})
-        runs.append(recorder.seen)
+        runs.append(recorder.tensors)
     plain, guided = runs
     assert plain, "no visit was analysed"
     assert set(guided) == set(plain), f"visits differ with CFG on: {sorted(set(guided) ^ set(plain))[:4]}"

@@ -57,13 +57,15 @@ def adapter_of(adapter_cls, pipe):
 
 
 def required_inputs(pipe, adapter) -> dict[str, Any]:
-    """Inputs a pipeline needs beyond a prompt (image-to-video: a grey first frame)."""
+    """Inputs a pipeline needs beyond a prompt: a grey first frame for an image-to-video pipeline
+    (one whose ``__call__`` takes ``image``; some, like LTX-Video's, default it to ``None`` although
+    they cannot generate without one)."""
     from PIL import Image
 
+    if "image" not in inspect.signature(pipe.__call__).parameters:
+        return {}
     _, height, width = adapter.default_geometry()
-    needed = [name for name, parameter in inspect.signature(pipe.__call__).parameters.items()
-              if parameter.default is inspect.Parameter.empty and name not in ("self", "args", "kwargs")]
-    return {name: Image.new("RGB", (width, height), (128, 128, 128)) for name in needed if name == "image"}
+    return {"image": Image.new("RGB", (width, height), (128, 128, 128))}
 
 
 def video_of(output) -> np.ndarray:

@@ -152,63 +152,33 @@ def _plant(transformer, grid: weights.RotaryGrid) -> None:
     # every visual query also meets the other words of the prompt (the sink)
     sink_query = weights.match(HEAD_DIM, SINK_SLOT, weights.CONSTANT, weights.SINK_LOGIT)
     sink_key = weights.match(HEAD_DIM, SINK_SLOT, _word(WORD_T), weights.SINK_LOGIT)
-    _plant_head(blocks[LOCALISING].attn2, LOCALISING_HEAD, query=colour_queries, query_bias=sink_query,
+    weights.write_head(blocks[LOCALISING].attn2, LOCALISING_HEAD, query=colour_queries, query_bias=sink_query,
                 key=word_keys + sink_key, value={0: _word(RED_T), 1: _word(BLUE_T)})
     turning = grid.turning_pairs(reserved=QK_BALLAST.channels)
     motion = weights.positional_match(grid, turning, frames_back=1, logit=POSITION_LOGIT, head_dim=HEAD_DIM,
                                       reading=weights.CONSTANT)
-    _plant_head(blocks[MOTION].attn1, MOTION_HEAD, query_bias=motion.query, key_bias=motion.key,
+    weights.write_head(blocks[MOTION].attn1, MOTION_HEAD, query_bias=motion.query, key_bias=motion.key,
                 value={0: RESIDUAL.reading(CLOCK)})
-    _plant_head(blocks[MOTION].attn2, MOTION_HEAD,
+    weights.write_head(blocks[MOTION].attn2, MOTION_HEAD,
                 query=weights.match(HEAD_DIM, CLOCK_SLOT, RESIDUAL.reading(CLOCK), CLOCK_LOGIT),
                 key=weights.match(HEAD_DIM, CLOCK_SLOT, _word(WORD_T), CLOCK_LOGIT), value={0: _word(WORD_T)})
     identity = weights.positional_match(grid, turning, frames_back=0, logit=POSITION_LOGIT, head_dim=HEAD_DIM,
                                         reading=weights.CONSTANT)
     for head in range(HEADS):
-        _plant_head(blocks[IDENTITY].attn1, head, query_bias=identity.query, key_bias=identity.key, value={})
+        weights.write_head(blocks[IDENTITY].attn1, head, query_bias=identity.query, key_bias=identity.key, value={})
     for block in blocks:
         for attn in (block.attn1, block.attn2):
-            _plant_ballast(attn)
+            weights.add_ballast_across_heads(attn, QK_BALLAST)
 
 
 def _plant_embeddings(transformer) -> None:
     """Patch embedding (latent patch ``[channels, 1, 2, 2]`` -> mirrored residual features:
     the share of the patch that is red / blue, the latent frame index, the ballast) and text
-    projection (UMT5's RMS norm turns a unit direction into ``sqrt(TEXT_DIM)`` times it;
-    ``linear_1`` brings it to 1, the tanh-GELU maps 1 to ``gelu(1)``, ``linear_2`` divides it
-    back, so each text-stream channel is exactly 0 or 1)."""
+    projection (each text-stream channel exactly 0 or 1: :func:`~vidinterp.testing.weights.unit_text_projection`)."""
     embed = transformer.patch_embedding
     weights.embed_colour_shares(embed.weight, {"red": RED_V, "blue": BLUE_V})
     weights.embed_latent_mean(embed.weight, CLOCK, CLOCK_CHANNEL, 1 / PlantedLatentMapping().config.clock_step)
     weights.mirror(embed.bias, BALLAST, RESIDUAL.ballast)
 
-    text = transformer.condition_embedder.text_embedder
-    unit_gelu = 1 / torch.nn.functional.gelu(torch.tensor(1.0), approximate="tanh")
-    for channel, t5 in ((RED_T, T5_RED), (BLUE_T, T5_BLUE), (WORD_T, T5_OTHER)):
-        text.linear_1.weight[channel, t5] = TEXT_DIM**-0.5
-        text.linear_2.weight[channel, channel] = unit_gelu
-
-
-def _plant_head(attn, head: int, *, query: torch.Tensor | None = None, query_bias: torch.Tensor | None = None,
-                key: torch.Tensor | None = None, key_bias: torch.Tensor | None = None,
-                value: dict[int, torch.Tensor]) -> None:
-    """Write one head: q/k rows ``[HEAD_DIM, WIDTH]`` and biases ``[HEAD_DIM]`` (absent: zero),
-    and the v rows :func:`~vidinterp.testing.weights.value_rows` of ``value``. Queries read the
-    block's LayerNorm output; keys and values read it at self sites and the text stream at
-    cross sites."""
-    rows = slice(head * HEAD_DIM, (head + 1) * HEAD_DIM)
-    for linear, weight, bias in ((attn.to_q, query, query_bias), (attn.to_k, key, key_bias)):
-        if weight is not None:
-            linear.weight[rows] = weight
-        if bias is not None:
-            linear.bias[rows] = bias
-    attn.to_v.weight[rows] = weights.value_rows(HEAD_DIM, WIDTH, value)
-
-
-def _plant_ballast(attn) -> None:
-    """Add the ballast :data:`QK_BALLAST` to every head's q and k bias, and set the q/k RMSNorm
-    (one norm across all heads) to its weight: the RMS is ``B / sqrt(head_dim)`` up to the
-    planted signals' share (below 1e-3), so the norm leaves every planted channel unchanged."""
-    for linear, norm in ((attn.to_q, attn.norm_q), (attn.to_k, attn.norm_k)):
-        linear.bias.add_(QK_BALLAST.bias().repeat(HEADS))
-        norm.weight.copy_(QK_BALLAST.norm_weight().repeat(HEADS))
+    weights.unit_text_projection(transformer.condition_embedder.text_embedder,
+                                 {RED_T: T5_RED, BLUE_T: T5_BLUE, WORD_T: T5_OTHER}, TEXT_DIM)

@@ -332,6 +332,43 @@ def value_rows(head_dim: int, width: int, readings: dict[int, torch.Tensor]) -> 
     return rows
 
 
+def write_head(attn: nn.Module, head: int, *, query: torch.Tensor | None = None,
+               query_bias: torch.Tensor | None = None, key: torch.Tensor | None = None,
+               key_bias: torch.Tensor | None = None, value: dict[int, torch.Tensor]) -> None:
+    """Write one head of a diffusers ``Attention``-like module with separate ``to_q``/``to_k``/
+    ``to_v``: q/k rows ``[head_dim, width]`` and biases ``[head_dim]`` (absent: left as they
+    are, zero in a planted model), and the v rows :func:`value_rows` of ``value``."""
+    head_dim = attn.to_v.weight.shape[0] // attn.heads
+    rows = slice(head * head_dim, (head + 1) * head_dim)
+    for linear, weight, bias in ((attn.to_q, query, query_bias), (attn.to_k, key, key_bias)):
+        if weight is not None:
+            linear.weight[rows] = weight
+        if bias is not None:
+            linear.bias[rows] = bias
+    attn.to_v.weight[rows] = value_rows(head_dim, attn.to_v.weight.shape[1], value)
+
+
+def add_ballast_across_heads(attn: nn.Module, ballast: HeadBallast) -> None:
+    """Add ``ballast`` to every head's q and k bias and set the q/k RMSNorm that spans all heads
+    (``norm_q``/``norm_k`` of width ``heads * head_dim``) to its weight: the norm then divides
+    by nearly :attr:`HeadBallast.spread` and its weight undoes it, leaving every planted channel
+    unchanged."""
+    for linear, norm in ((attn.to_q, attn.norm_q), (attn.to_k, attn.norm_k)):
+        linear.bias.add_(ballast.bias().repeat(attn.heads))
+        norm.weight.copy_(ballast.norm_weight().repeat(attn.heads))
+
+
+def unit_text_projection(projection: nn.Module, channels: dict[int, int], text_dim: int) -> None:
+    """A diffusers ``PixArtAlphaTextProjection`` (``linear_1``, tanh-GELU, ``linear_2``) writing
+    exactly 1 in text-stream channel ``c`` for T5 direction ``channels[c]``: T5's final RMS
+    norm turns a unit direction into ``sqrt(text_dim)`` times it, ``linear_1`` brings it back to
+    1, the GELU maps 1 to ``gelu(1)`` and ``linear_2`` divides that out."""
+    unit_gelu = 1 / torch.nn.functional.gelu(torch.tensor(1.0), approximate="tanh")
+    for channel, t5 in channels.items():
+        projection.linear_1.weight[channel, t5] = text_dim**-0.5
+        projection.linear_2.weight[channel, channel] = unit_gelu
+
+
 # -------------------------------------------------------------------- one layout for visual and text tokens
 @dataclass(frozen=True)
 class JointVideoLayout:
