@@ -1,17 +1,12 @@
-"""User inputs: pipelines (objects or local paths), concept lists and videos, validated with
-errors that name what was expected."""
+"""User inputs: pipelines (objects or local paths) and concept lists, validated with errors
+that name what was expected (videos: :mod:`vidinterp.video`)."""
 
 from __future__ import annotations
 
 from os import PathLike
 from typing import Any, Iterable
 
-import numpy as np
-
-from vidinterp.adapter import Adapter
-from vidinterp.video import as_frames, resample_video
-
-__all__ = ["load_pipeline", "validate_concepts", "prepare_video"]
+__all__ = ["load_pipeline", "validate_concepts"]
 
 
 def load_pipeline(model: Any):
@@ -44,26 +39,3 @@ def validate_concepts(concepts: Iterable[str]) -> list[str]:
     if duplicates:
         raise ValueError(f"concepts must be distinct; {duplicates} appear more than once in {names}")
     return [name.strip() for name in names]
-
-
-
-def prepare_video(adapter: Adapter, video, num_frames: int | None, height: int | None, width: int | None,
-                  resample: bool) -> np.ndarray:
-    """Decode ``video`` to ``uint8`` ``[F, H, W, 3]``, resample it to the requested geometry when
-    ``resample`` (else require it to match) and check the geometry against the model."""
-    frames = as_frames(video)
-    given = (frames.shape[0], frames.shape[1], frames.shape[2])
-    target = (num_frames or given[0], height or given[1], width or given[2])
-    if target != given:
-        if not resample:
-            raise ValueError(
-                f"video has {given[0]} frames at {given[1]}x{given[2]}, but {target[0]} frames at "
-                f"{target[1]}x{target[2]} were asked for; pass resample=True to resample it"
-            )
-        frames = resample_video(frames, *target)
-    try:
-        adapter.check_geometry(*target)
-    except ValueError as error:
-        hint = "" if resample else "; pass num_frames/height/width with resample=True to resample"
-        raise ValueError(f"{error}{hint}") from None
-    return frames

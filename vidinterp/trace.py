@@ -17,13 +17,13 @@ from vidinterp.context import CALIBRATION_ATTRIBUTE, TraceContext
 from vidinterp.branches import BRANCHES, Branch
 from vidinterp.concept_stream import concept_state
 from vidinterp.hooks import with_context
-from vidinterp.inputs import load_pipeline, prepare_video, validate_concepts
+from vidinterp.inputs import load_pipeline, validate_concepts
 from vidinterp.install import installed
 from vidinterp.registry import adapter_for, analysis_classes
 from vidinterp.results import GROUPS, Trace
 from vidinterp.runtime import Runtime
 from vidinterp.selectors import LateSteps
-from vidinterp.video import to_model_pixels
+from vidinterp.video import prepare_video, to_model_pixels
 
 __all__ = ["trace", "default_analyses"]
 

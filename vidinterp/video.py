@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["read_video", "as_frames", "resample_video", "to_model_pixels"]
+from vidinterp.adapter import Adapter
+
+__all__ = ["read_video", "as_frames", "resample_video", "prepare_video", "to_model_pixels"]
 
 
 def read_video(path: str | PathLike, max_frames: int | None = None) -> np.ndarray:
@@ -59,3 +61,25 @@ def resample_video(frames: np.ndarray, num_frames: int, height: int, width: int)
 def to_model_pixels(frames: np.ndarray) -> torch.Tensor:
     """``uint8`` ``[F, H, W, 3]`` -> float ``[F, 3, H, W]`` in ``[-1, 1]`` (VAE input range)."""
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def prepare_video(adapter: Adapter, video, num_frames: int | None, height: int | None, width: int | None,
+                  resample: bool) -> np.ndarray:
+    """Decode ``video`` to ``uint8`` ``[F, H, W, 3]``, resample it to the requested geometry when
+    ``resample`` (else require it to match) and check the geometry against the model."""
+    frames = as_frames(video)
+    given = (frames.shape[0], frames.shape[1], frames.shape[2])
+    target = (num_frames or given[0], height or given[1], width or given[2])
+    if target != given:
+        if not resample:
+            raise ValueError(
+                f"video has {given[0]} frames at {given[1]}x{given[2]}, but {target[0]} frames at "
+                f"{target[1]}x{target[2]} were asked for; pass resample=True to resample it"
+            )
+        frames = resample_video(frames, *target)
+    try:
+        adapter.check_geometry(*target)
+    except ValueError as error:
+        hint = "" if resample else "; pass num_frames/height/width with resample=True to resample"
+        raise ValueError(f"{error}{hint}") from None
+    return frames
