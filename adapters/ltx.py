@@ -21,7 +21,7 @@ Attention is captured where the stock processor calls diffusers' attention dispa
 CFG: the pipelines stack the branches in one call, unconditional rows first, announced as
 ``cache_context("cond_uncond")``; the analyses read the second half (:mod:`vidinterp.branches`).
 
-No concept stream (docs/methods.md, "Prompt-word concepts (Wan)"): a concept must be a word (or
+No concept stream (docs/methods.md, "Prompt-word concepts"): a concept must be a word (or
 run of words) of the prompt; at every cross site the prompt keys and values at its T5 tokens,
 reduced over sub-tokens, are the visit's concept tensors ``k``/``v``.
 

@@ -21,7 +21,7 @@ branch has its own hook points outside the stable set, ``hook_image_k``/``hook_i
 ``graph["blocks.3.cross_attn"].hook_image_k`` or by module path
 ``blocks.3.attn2.processor.hook_image_k``.
 
-No concept stream (docs/methods.md, "Prompt-word concepts (Wan)"): a concept must be a word (or
+No concept stream (docs/methods.md, "Prompt-word concepts"): a concept must be a word (or
 run of words) of the prompt (:meth:`WanAdapter.prompt_words`); at every cross site the prompt
 keys and values at its tokens, reduced over sub-tokens (``"first"`` or ``"mean"``), are the
 visit's concept tensors ``k``/``v`` (``[B_c, heads, C, head_dim]``), so analyses reading

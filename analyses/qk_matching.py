@@ -2,7 +2,7 @@
 
 Records the surrogate token positions ``(concept, frame, layer, head, step) -> (y, x)`` chosen
 by a surrogate selector (default: the QK peak per frame; docs/methods.md, "QK-peak
-surrogates"), for the first conditional row, and optionally the raw per-head QK maps
+surrogates"), for the first analysed row, and optionally the raw per-head QK maps
 ``<q_x[p], k_c> / sqrt(d)`` averaged over steps (``keep_maps=True``; ``concept x layer x head x
 P`` floats).
 """

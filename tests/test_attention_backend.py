@@ -1,9 +1,10 @@
 """A trace keeps the attention backend the user chose (``transformer.set_attention_backend``).
 
-On CPU the test backend is diffusers' ``_native_math`` with a call counter around it. Families whose
-stock processors dispatch (HunyuanVideo, Wan, Flux) run exactly the same backend calls traced and
-untraced, with bit-identical videos; the rewritten processors of families whose stock processors
-call SDPA themselves (CogVideoX, SD3, which ignore the setting) run the chosen backend when traced.
+On CPU the test backend is diffusers' ``_native_math`` with a call counter around it. Families
+whose stock processors dispatch (HunyuanVideo, Wan, Flux, LTX-Video) run exactly the same backend
+calls traced and untraced, with bit-identical videos; the rewritten processors of families whose
+stock processors call SDPA themselves (CogVideoX, SD3, which ignore the setting) run the chosen
+backend when traced.
 """
 
 from __future__ import annotations

@@ -70,8 +70,9 @@ class StreamModulation(ABC):
 
     @abstractmethod
     def before(self, block: nn.Module, hidden: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """``(attention input [B_c, C, dim], state for after)`` of the concept hidden states
-        ``[B_c, C, dim]`` under the conditioning embedding ``temb`` (the analysed rows)."""
+        """``(attention input [B_c, S, dim], state for after)`` of the concept hidden states
+        ``[B_c, S, dim]`` (``S`` concept slots: the concepts, then any padding) under the
+        conditioning embedding ``temb`` (the analysed rows)."""
 
     @abstractmethod
     def after(self, block: nn.Module, hidden: torch.Tensor, attention_output: torch.Tensor | None,
@@ -113,7 +114,8 @@ class ConceptStreamSpec:
     """What an adapter declares about its model's concept stream.
 
     Attributes:
-        enter: ``enter(call_arguments, rows, like) -> [B_c, C, dim]``: the concept hidden states
+        enter: ``enter(call_arguments, rows, like) -> [B_c, S, dim]``: the concept hidden states (``S``
+            concept slots)
             entering the first stream block of a transformer call (``call_arguments``: the
             call's bound arguments by name; ``rows``: the analysed rows; ``like``: a tensor of the
             stream's device and dtype). Called lazily at the first stream block.
@@ -136,7 +138,7 @@ def _heads(tensor: torch.Tensor, head_dim: int) -> torch.Tensor:
 class ConceptStream:
     """Running state of the concepts through the stream blocks of one transformer call.
 
-    ``hidden`` (``[B_c, C, dim]``, ``B_c`` analysed rows) restarts at every call
+    ``hidden`` (``[B_c, S, dim]``: ``B_c`` analysed rows, ``S`` concept slots) restarts at every call
     (:meth:`begin`), enters at the first stream block and is updated after each one.
     """
 

@@ -4,7 +4,7 @@ Every site tensor has the layout ``[batch, heads, tokens, head_dim]``. The *join
 site (``hook_q``, ``hook_k``, ``hook_v``, ``hook_z``) holds the model's own tokens in the model's
 order (CogVideoX: prompt then visual; HunyuanVideo: visual then prompt). Concept tokens never
 enter that sequence: they live in the separate concept stream (``hook_concept_*``), whose batch
-holds only the conditional rows (``TokenLayout.analysed_rows``).
+holds only the analysed CFG branch's rows (``TokenLayout.analysed_rows``).
 """
 
 from __future__ import annotations

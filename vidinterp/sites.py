@@ -111,8 +111,8 @@ class SiteVisit:
 
     def get(self, tensor: str, part: str) -> torch.Tensor:
         """Per-head ``tensor`` (``q``, ``k``, ``v`` or ``z``) of the token ``part`` (``visual``,
-        ``prompt``, ``concept`` or ``all``: the site's whole sequence) for the conditional rows:
-        ``[cond_batch, heads, n, head_dim]``. Visual tokens are ordered frame, row, column
+        ``prompt``, ``concept`` or ``all``: the site's whole sequence) for the analysed CFG branch's
+        rows: ``[rows, heads, n, head_dim]``. Visual tokens are ordered frame, row, column
         (``n = F*h*w``)."""
         if tensor not in TENSOR_NAMES:
             raise KeyError(f"unknown site tensor {tensor!r}; expected one of {TENSOR_NAMES}")
