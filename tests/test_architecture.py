@@ -10,7 +10,7 @@ from pathlib import Path
 import vidinterp
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_NAMES = re.compile(r"CogVideo|Hunyuan|Wan|Flux|SD3|StableDiffusion3|Mochi|LTX", re.I)
+MODEL_NAMES = re.compile(r"CogVideo|Hunyuan|Wan|Flux|SD3|StableDiffusion3|Mochi|LTX|SkyReels", re.I)
 
 
 def imported_names(path: Path) -> list[str]:

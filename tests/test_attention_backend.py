@@ -1,9 +1,9 @@
 """A trace keeps the attention backend the user chose (``transformer.set_attention_backend``).
 
 On CPU the test backend is diffusers' ``_native_math`` with a call counter around it. Families
-whose stock processors dispatch (HunyuanVideo, Wan, Flux, LTX-Video) run exactly the same backend
+whose stock processors dispatch (HunyuanVideo, Wan, SkyReels-V2, Flux, LTX-Video) run exactly the same backend
 calls traced and untraced, with bit-identical videos; the rewritten processors of families whose
-stock processors call SDPA themselves (CogVideoX, SD3, which ignore the setting) run the chosen
+stock processors call SDPA themselves (CogVideoX, Mochi, SD3, which ignore the setting) run the chosen
 backend when traced.
 """
 
@@ -21,7 +21,7 @@ import vidinterp.testing
 from vidinterp.testing.conformance import generate, required_inputs, video_of
 
 BACKEND = AttentionBackendName._NATIVE_MATH
-STOCK_IGNORES_BACKEND = {"cogvideox", "sd3"}
+STOCK_IGNORES_BACKEND = {"cogvideox", "mochi", "sd3"}
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_traced_pipeline_keeps_the_chosen_backend(family, counted_backend):
     else:
         assert traced_calls == untraced_calls
         assert np.array_equal(trace.video, plain)
-    processors = pipe.transformer.attn_processors.values()
+    processors = [adapter.attention_module(spec).processor for spec in adapter.site_specs()]  # restored
     assert all(getattr(processor, "_attention_backend", BACKEND) == BACKEND for processor in processors)
 
 

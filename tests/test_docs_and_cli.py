@@ -47,6 +47,8 @@ def test_main_command_runs_a_tiny_pipeline_on_a_synthetic_clip(tmp_path):
     ("hunyuan_video", {"imap", "gramcol", "concept_attention", "cross_attention"}),
     ("wan", {"imap", "gramcol", "cross_attention"}),  # no joint sites: no ConceptAttention
     ("ltx", {"imap", "gramcol", "cross_attention"}),  # no joint sites: no ConceptAttention
+    ("skyreels_v2", {"imap", "gramcol", "cross_attention"}),  # no joint sites: no ConceptAttention
+    ("mochi", {"imap", "gramcol", "concept_attention", "cross_attention"}),
     ("flux", {"gramcol", "concept_attention", "cross_attention"}),  # one frame: no motion heads
     ("sd3", {"gramcol", "concept_attention", "cross_attention"}),
 ])

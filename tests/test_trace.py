@@ -64,7 +64,8 @@ def test_renoise_from_file_with_resampling(pipe, tmp_path):
     path = tmp_path / "clip.mp4"
     iio.imwrite(path, frames, fps=8, plugin="pyav", codec="libx264")
     with pytest.raises(ValueError, match="12 frames at 40x56.*9 frames at 32x48.*resample=True"):
-        vidinterp.trace(pipe, video=path, prompt="a dog", concepts=["dog"], num_frames=9, height=32, width=48)
+        vidinterp.trace(pipe, video=path, prompt="a dog", concepts=["dog"], num_frames=9, height=32, width=48,
+                        resample=False)
     trace = vidinterp.trace(pipe, video=path, prompt="a dog", concepts=["dog"], num_frames=9, height=32,
                             width=48, resample=True, num_inference_steps=5)
     assert trace.video.shape == (9, 32, 48, 3)
@@ -72,9 +73,9 @@ def test_renoise_from_file_with_resampling(pipe, tmp_path):
 
 def test_video_with_wrong_geometry_names_expected_values(pipe):
     with pytest.raises(ValueError, match=r"num_frames must be 4\*n \+ 1.*got 8"):
-        vidinterp.trace(pipe, video=np.zeros((8, 32, 48, 3), np.uint8), prompt="a", concepts=["dog"])
+        vidinterp.trace(pipe, video=np.zeros((8, 32, 48, 3), np.uint8), prompt="a", concepts=["dog"], resample=False)
     with pytest.raises(ValueError, match="height must be a positive multiple of 8 pixels, got 30"):
-        vidinterp.trace(pipe, video=np.zeros((9, 30, 48, 3), np.uint8), prompt="a", concepts=["dog"])
+        vidinterp.trace(pipe, video=np.zeros((9, 30, 48, 3), np.uint8), prompt="a", concepts=["dog"], resample=False)
     with pytest.raises(ValueError, match=r"shape \[frames, height, width, 3\]"):
         vidinterp.trace(pipe, video=np.zeros((9, 32, 48)), prompt="a", concepts=["dog"])
 

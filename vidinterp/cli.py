@@ -3,8 +3,14 @@ netCDF file. With no arguments it runs on the bundled default: the trained shape
 ``vidinterp.zoo`` (``zoo:shapes``) renoising its bundled held-out clip (an mp4 with exact
 masks). A zoo model renoises its own clip unless ``--video`` is given; a tiny random-weights
 pipeline (``--model tiny-<family>``) renoises a synthetic shapes clip at its geometry (one
-frame for image models). Without ``--methods`` the default methods the model's sites allow
-run. A user error is one line on stderr and exit status 2 (``--debug`` shows the traceback)."""
+frame for image models). ``--video`` takes any clip (a video file, an animated GIF/WebP, a
+folder of images) and fits it to the model's geometry (``--resample``/``--no-resample``,
+``--fit crop|pad``, ``--num-frames``/``--height``/``--width``; see :mod:`vidinterp.video`).
+Models whose concepts must be words of the prompt (cross-attention: Wan, LTX-Video) get a prompt
+that holds the concepts when ``--prompt`` is not given; the command says so in one line. Without
+``--methods`` the default methods the model's sites allow run. A user error is one line on
+stderr and exit status 2 (``--debug`` shows the traceback); notes are one line on stderr,
+``vidinterp: note: ...``."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -28,15 +35,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=DEFAULT_MODEL,
                      help="'zoo:<name>' for a trained model of vidinterp.zoo (default: %(default)s); 'tiny-<family>' for an "
                           "offline tiny pipeline with random weights; a local pipeline directory or cached model id")
-    run.add_argument("--video", help="video file to renoise (default: a zoo model's bundled clip; for other models "
-                                     "a synthetic shapes clip at the model's geometry)")
-    run.add_argument("--prompt", help="prompt / caption (default: the demo clip's caption)")
+    run.add_argument("--video", help="clip to renoise: a video file (mp4, mov, avi, mkv, webm, ...), an animated GIF "
+                                     "or WebP, or a folder of images (default: a zoo model's bundled clip; for other "
+                                     "models a synthetic shapes clip at the model's geometry)")
+    run.add_argument("--prompt", help="prompt / caption (default: the demo clip's caption; with --video, empty, or "
+                                      "the concepts for models that read concepts from the prompt's words)")
     run.add_argument("--concepts", nargs="+", help="concept words (default: the demo clip's concepts)")
     run.add_argument("--methods", nargs="+", help=f"analyses to run (default: those of {' '.join(DEFAULT_METHODS)} that "
                                                   f"the model's sites allow)")
     run.add_argument("--steps", type=int, default=50, help="inference steps of the schedule")
     run.add_argument("--renoise-step", type=int, help="schedule index to noise to (default: the family's reference)")
-    run.add_argument("--resample", action="store_true", help="resample the video to the model's native geometry")
+    run.add_argument("--resample", action=argparse.BooleanOptionalAction, default=None,
+                     help="--resample: fit the clip to the model's geometry without a note; --no-resample: use it as "
+                          "it is or fail (default: fit it, with a one-line note, only when the model does not take it "
+                          "as it is)")
+    run.add_argument("--fit", choices=("crop", "pad"), default="crop",
+                     help="how a clip's aspect ratio meets the model's: centre crop or pad with black (default: "
+                          "%(default)s)")
+    run.add_argument("--num-frames", type=int, help="frames to run at (default: the model's native number)")
+    run.add_argument("--height", type=int, help="pixel height to run at (default: the model's native height)")
+    run.add_argument("--width", type=int, help="pixel width to run at (default: the model's native width)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", default="vidinterp-out", help="output directory")
     run.add_argument("--debug", action="store_true", help="show the full traceback of an error")
@@ -98,30 +116,90 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out {str(out)!r} is not writable ({str(parent)!r} is not)")
 
 
+def _note(message: str) -> None:
+    print(f"vidinterp: note: {message}", file=sys.stderr)
+
+
+def _missing_concepts(prompt: str, concepts: list[str]) -> list[str]:
+    """The concepts that are not a word (or run of words) of ``prompt``, case-insensitively."""
+    from vidinterp.prompt_words import prompt_word_list
+
+    words = [word.lower() for word in prompt_word_list(prompt)]
+    missing = []
+    for concept in concepts:
+        run = [word.lower() for word in prompt_word_list(concept)]
+        if not run or not any(words[i:i + len(run)] == run for i in range(len(words) - len(run) + 1)):
+            missing.append(concept)
+    return missing
+
+
+def _prompt_for(adapter, prompt: str | None, caption: str | None, concepts: list[str]) -> str:
+    """The prompt to trace with. ``prompt`` when given; else the demo clip's ``caption`` (or
+    nothing for a user's clip), extended with the concepts it lacks when the model reads
+    concepts from the prompt's words (no concept stream), which the user is told in one line."""
+    if prompt is not None:
+        return prompt
+    base = caption or ""
+    if adapter.has_concept_stream:
+        return base
+    missing = _missing_concepts(base, concepts)
+    if not missing:
+        return base
+    built = " ".join([base, *missing]).strip()
+    if caption:
+        _note(f"{adapter.family} reads concepts from the prompt's words and the demo clip's caption {caption!r} lacks "
+              f"{missing}: prompting with {built!r} (give --prompt to choose)")
+    else:
+        _note(f"{adapter.family} reads concepts from the prompt's words and no --prompt was given: prompting with "
+              f"{built!r} (give --prompt to describe the clip)")
+    return built
+
+
+def _notes_shown(show):
+    """A ``warnings.showwarning`` that prints vidinterp's resampling notice as one note line and
+    hands every other warning to ``show``."""
+    from vidinterp.video import VideoResampledWarning
+
+    def show_notes(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, VideoResampledWarning):
+            _note(str(message))
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return show_notes
+
+
 def run(args: argparse.Namespace) -> int:
     import vidinterp
     from vidinterp.registry import adapter_for
+    from vidinterp.video import VideoResampledWarning
 
     started = time.perf_counter()
     out = Path(args.out)
     _check_out(out)
     pipe = _pipeline(args.model)
     adapter = adapter_for(pipe)
-    frames = adapter.layout_for(*adapter.default_geometry()).frames
+    given = (args.num_frames, args.height, args.width)
+    geometry = tuple(size if size is not None else native for size, native in zip(given, adapter.default_geometry()))
+    frames = adapter.layout_for(*geometry).frames
     analyses = _methods(args.methods, adapter, frames)
     if args.video is None:
-        clip = _demo_clip(args.model, adapter.default_geometry(), args.seed)
-        video, prompt, concepts = clip.frames, args.prompt or clip.caption, args.concepts or clip.concepts
+        clip = _demo_clip(args.model, geometry, args.seed)
+        concepts = args.concepts or list(clip.concepts)
+        video, prompt = clip.frames, _prompt_for(adapter, args.prompt, clip.caption, concepts)
     else:
         if not args.concepts:
             raise ValueError("--concepts is required with --video (the words to map, e.g. --concepts dog walking)")
-        video, prompt, concepts = args.video, args.prompt or "", args.concepts
-    geometry = dict(zip(("num_frames", "height", "width"), adapter.default_geometry())) if args.resample else {}
-    trace = vidinterp.trace(
-        pipe, video=video, prompt=prompt, concepts=concepts, analyses=analyses,
-        num_inference_steps=args.steps, renoise_step=args.renoise_step, resample=args.resample, seed=args.seed,
-        **geometry,
-    )
+        concepts = args.concepts
+        video, prompt = args.video, _prompt_for(adapter, args.prompt, None, concepts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", VideoResampledWarning)
+        warnings.showwarning = _notes_shown(warnings.showwarning)
+        trace = vidinterp.trace(
+            pipe, video=video, prompt=prompt, concepts=concepts, analyses=analyses,
+            num_inference_steps=args.steps, renoise_step=args.renoise_step, resample=args.resample, fit=args.fit,
+            num_frames=args.num_frames, height=args.height, width=args.width, seed=args.seed,
+        )
     out.mkdir(parents=True, exist_ok=True)
     netcdf = trace.save(out / "trace.nc")
     html = out / "trace.html"

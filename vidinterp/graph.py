@@ -10,8 +10,9 @@ import numpy as np
 import xarray as xr
 
 from vidinterp.adapter import ConceptReduction
+from vidinterp.arguments import hooked_arguments
 from vidinterp.concept_stream import concept_state
-from vidinterp.inputs import load_pipeline, validate_concepts
+from vidinterp.inputs import load_pipeline
 from vidinterp.install import installed
 from vidinterp.layout import TokenLayout
 from vidinterp.registry import adapter_for
@@ -27,12 +28,11 @@ def hooked(model: Any, concepts: Iterable[str] | None = None, *, prompt: str | N
     """Install the site graph on a pipeline's transformer for free-form use (torch hooks,
     nnsight) and yield the :class:`~vidinterp.sites.SiteGraph`. With ``concepts`` the concept
     stream runs in every call of the conditional branch (as the pipeline announces it,
-    :mod:`vidinterp.branches`). The model is restored on exit, also on error."""
-    pipe = load_pipeline(model)
-    adapter = adapter_for(pipe)
+    :mod:`vidinterp.branches`). The model is restored on exit, also on error. The arguments are
+    checked before anything is installed (:func:`vidinterp.arguments.hooked_arguments`)."""
+    pipe, adapter, names = hooked_arguments(model, concepts, prompt, concept_reduction)
     state = None
-    if concepts is not None:
-        names = validate_concepts(concepts)
+    if names is not None:
         state = concept_state(adapter, adapter.encode_concepts(names, concept_reduction), prompt)
     with installed(adapter, Runtime(concepts=state)) as graph:
         yield graph

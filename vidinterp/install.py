@@ -52,8 +52,8 @@ def installed(adapter: Adapter, runtime: Runtime) -> Iterator[SiteGraph]:
                     f"open on this model; nest no second one"
                 )
             processor = adapter.make_processor(spec, original, runtime)
-            undo.callback(attention.set_processor, original)
-            attention.set_processor(processor)
+            undo.callback(set_processor, attention, original)
+            set_processor(attention, processor)
             processors[spec.name] = processor
         dispatching = [processor for processor in processors.values() if isinstance(processor, DispatchSiteProcessor)]
         if dispatching:
@@ -92,3 +92,15 @@ def _stream_block_hooks(adapter: Adapter, runtime: Runtime) -> list:
             handles.append(block.register_forward_pre_hook(before_block, with_kwargs=True))
             handles.append(block.register_forward_hook(after_block))
     return handles
+
+
+def set_processor(attention: nn.Module, processor: object) -> None:
+    """Give ``attention`` the processor ``processor``: its ``set_processor`` where it has one;
+    otherwise (e.g. ``MochiAttention``, whose processor is a plain attribute) the same effect,
+    dropping a processor registered as a submodule first."""
+    if hasattr(attention, "set_processor"):
+        attention.set_processor(processor)
+        return
+    if not isinstance(processor, nn.Module):
+        attention._modules.pop("processor", None)
+    attention.processor = processor

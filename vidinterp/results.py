@@ -53,52 +53,29 @@ class Trace:
         return plot_maps(self.maps, video=self.video, **kwargs)
 
     def save(self, path: str | PathLike) -> Path:
-        """Write every non-empty group (and the video) to one netCDF file, one group each."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        mode = "w"
-        for group in GROUPS:
-            dataset = getattr(self, group)
-            if not dataset.data_vars:
-                continue
-            _netcdf_ready(dataset, self.attrs).to_netcdf(path, mode=mode, group=group, engine="h5netcdf")
-            mode = "a"
-        if self.video is not None:
-            video = xr.Dataset({"video": (("pixel_frame", "pixel_y", "pixel_x", "rgb"), self.video)})
-            video.to_netcdf(path, mode=mode, group="video", engine="h5netcdf")
-        return path
+        """Write the trace to one netCDF-4 file (h5netcdf) at ``path`` and return the path.
+
+        The file holds one group per non-empty Dataset (``maps``, ``heads``, ``layers``,
+        ``diagnostics``, each with the trace attrs), a ``video`` group when there is a video, and
+        the root attributes ``vidinterp_format_version`` and ``vidinterp_version``
+        (:mod:`vidinterp.trace_file`). The save is atomic: it writes a temporary file in the same
+        folder and renames it over ``path``, so if it fails or is interrupted an earlier file at
+        ``path`` is left byte-identical and no temporary file remains.
+        """
+        from vidinterp.trace_file import write_trace
+
+        return write_trace(self, path)
 
     @classmethod
     def load(cls, path: str | PathLike) -> "Trace":
-        """Read a file written by :meth:`save`."""
-        import h5netcdf
+        """Read a file written by :meth:`save` (any format version up to
+        :data:`vidinterp.trace_file.FORMAT_VERSION`, unversioned files included).
 
-        with h5netcdf.File(path, "r") as handle:
-            present = set(handle.groups)
-        groups = {
-            group: xr.load_dataset(path, group=group, engine="h5netcdf") if group in present else xr.Dataset()
-            for group in GROUPS
-        }
-        video = None
-        if "video" in present:
-            video = xr.load_dataset(path, group="video", engine="h5netcdf")["video"].values
-        attrs = dict(next((d.attrs for d in groups.values() if d.attrs), {}))
-        return cls(video=video, attrs=attrs, **groups)
+        Raises:
+            FileNotFoundError: nothing at ``path``.
+            ValueError: not a netCDF file, not a vidinterp trace, or a newer format version
+                (upgrade vidinterp); the message names ``path``.
+        """
+        from vidinterp.trace_file import read_trace
 
-
-def _netcdf_value(value: Any) -> Any:
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (str, int, float, np.integer, np.floating)):
-        return value
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        return list(value)
-    return repr(value)
-
-
-def _netcdf_ready(dataset: xr.Dataset, attrs: dict[str, Any]) -> xr.Dataset:
-    dataset = dataset.copy()
-    dataset.attrs = {key: _netcdf_value(value) for key, value in {**attrs, **dataset.attrs}.items()}
-    for variable in dataset.variables.values():
-        variable.attrs = {key: _netcdf_value(value) for key, value in variable.attrs.items()}
-    return dataset
+        return cls(**read_trace(path))

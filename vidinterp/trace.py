@@ -11,15 +11,15 @@ import numpy as np
 import torch
 import xarray as xr
 
+from vidinterp import arguments
 from vidinterp.adapter import Adapter, ConceptReduction
 from vidinterp.analysis import Analysis
 from vidinterp.context import CALIBRATION_ATTRIBUTE, TraceContext
-from vidinterp.branches import BRANCHES, Branch
+from vidinterp.branches import Branch
 from vidinterp.concept_stream import concept_state
 from vidinterp.hooks import with_context
-from vidinterp.inputs import load_pipeline, validate_concepts
 from vidinterp.install import installed
-from vidinterp.registry import adapter_for, analysis_classes
+from vidinterp.registry import analysis_classes
 from vidinterp.results import GROUPS, Trace
 from vidinterp.runtime import Runtime
 from vidinterp.selectors import LateSteps
@@ -42,47 +42,27 @@ def default_analyses(adapter: Adapter | None = None, frames: int | None = None) 
             and (frames is None or cls.min_frames <= frames)]
 
 
-def _checked_analyses(analyses: Iterable[Analysis] | None, adapter: Adapter, frames: int) -> list[Analysis]:
-    """The given analyses (default: :func:`default_analyses`), each checked against the model's
-    site kinds and the number of latent frames."""
+def _checked_analyses(analyses: list[Analysis] | None, adapter: Adapter, frames: int) -> list[Analysis]:
+    """The analyses of :func:`vidinterp.arguments.analysis_list` (default:
+    :func:`default_analyses`), checked against the model's site kinds and the number of latent
+    frames."""
     if analyses is None:
         return default_analyses(adapter, frames)
-    analyses = list(analyses)
-    if not analyses:
-        raise ValueError("analyses must hold at least one analysis; got an empty list")
-    names = [analysis.name for analysis in analyses]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(
-            f"analyses must have distinct names (results are keyed by name); {repeated} appear more than once: "
-            f"give each instance its own name, e.g. analysis.name = '{repeated[0]}_k3'"
-        )
-    kinds = {spec.kind for spec in adapter.site_specs()}
-    for analysis in analyses:
-        if not kinds & set(analysis.site_kinds):
-            raise ValueError(
-                f"analysis {analysis.name!r} reads sites of kind {list(analysis.site_kinds)}, but "
-                f"{adapter.family} has sites of kind {sorted(kinds)}"
-            )
-        if analysis.min_frames > frames:
-            raise ValueError(
-                f"analysis {analysis.name!r} needs at least {analysis.min_frames} latent frames; "
-                f"this video has {frames}"
-            )
+    arguments.check_analyses_fit(analyses, adapter, frames)
     return analyses
 
 
 def _concept_slots(adapter: Adapter, requested: int | str | None, concepts: int, geometry: tuple) -> int:
-    """The number of concept-stream slots of a trace (see ``trace``'s ``concept_slots``)."""
+    """The number of concept-stream slots of a trace (see ``trace``'s ``concept_slots``), from
+    the setting :func:`vidinterp.arguments.concept_slots_setting` checked."""
     if requested is None:
         return concepts
     if requested == "text_length":
-        requested = adapter.layout_for(*geometry).prompt_tokens
-    if isinstance(requested, bool) or not isinstance(requested, int) or requested < concepts:
-        raise ValueError(f"concept_slots must be 'text_length' or an integer >= the {concepts} concepts, got {requested!r}")
-    if requested > concepts and not adapter.has_concept_stream:
-        raise ValueError(f"{adapter.family} has no concept stream (concepts are prompt words): its concept slots "
-                         f"cannot be padded; leave concept_slots unset")
+        slots = adapter.layout_for(*geometry).prompt_tokens
+        if slots < concepts:
+            raise ValueError(f"concept_slots='text_length' gives {slots} slots (the prompt's tokens), fewer than "
+                             f"the {concepts} concepts; pass an integer >= {concepts}")
+        return slots
     return requested
 
 
@@ -107,7 +87,8 @@ def trace(
     num_frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
-    resample: bool = False,
+    resample: bool | Literal["auto"] | None = None,
+    fit: Literal["crop", "pad"] = "crop",
     concept_reduction: ConceptReduction = "first",
     concept_slots: int | Literal["text_length"] | None = None,
     branch: Branch = "conditional",
@@ -123,16 +104,33 @@ def trace(
     * **generation** (``video=None``): sample from ``prompt``; analyses accumulate while
       sampling over the analysed ``steps`` (default: all but the first
       ``DEFAULT_SKIP_FRACTION`` of the schedule).
-    * **renoising** (``video`` given): decode the video (file, ``[F, H, W, 3]`` array or tensor),
-      check its geometry (or ``resample=True`` to ``num_frames``/``height``/``width``), VAE-encode
+    * **renoising** (``video`` given): decode the video (see ``video`` below), fit it to the
+      model's geometry (see ``resample``), VAE-encode
       it with the pipeline's latent scaling, noise it to schedule index ``renoise_step``
       (default: the family's reference, e.g. 30 of 50 for CogVideoX) and run
       ``num_renoise_steps`` denoising steps, all analysed.
 
     Args:
         model: a diffusers pipeline, or a local path / cached model id.
+        video: the clip to renoise: a video file (mp4, mov, avi, mkv, webm, ... via PyAV), an
+            animated GIF/WebP or still image, a folder of images (natural name order), or a
+            ``[F, H, W, 3]`` uint8 array / float array in ``[0, 1]`` or tensor
+            (:mod:`vidinterp.video`). ``None``: generate from ``prompt``.
+        num_frames, height, width: the pixel geometry to run at; each one not given is the
+            model's native one (``adapter.default_geometry()``; with ``resample=False``, the
+            clip's own).
+        resample: ``None``/``"auto"`` (default): a clip that has the geometry above runs
+            unchanged, any other is fitted to it (frames picked evenly over its duration,
+            nearest by time; aspect by ``fit``) with a one-line
+            :class:`~vidinterp.video.VideoResampledWarning`; ``True``: always fit, no notice;
+            ``False``: never change the clip, which must be a geometry the model takes (a
+            ``ValueError`` names both geometries otherwise).
+        fit: how a clip's aspect ratio meets the model's: ``"crop"`` (centre crop, default) or
+            ``"pad"`` (black bars).
         concepts: words to map, e.g. ``["dog", "walking"]``.
-        analyses: analyses to run (default: every registered default analysis).
+        analyses: analyses to run: instances and/or registered names (``["imap",
+            CrossAttention()]``; a name runs the registered class with its defaults). Default:
+            every registered default analysis the model and video allow.
         steps: schedule indices to analyse (generation mode).
         concept_reduction: ``"first"`` sub-token (reference) or ``"mean"`` of sub-tokens.
         concept_slots: run the concept stream with this many slots: the concepts, then zero
@@ -152,25 +150,33 @@ def trace(
         on_step: called with the step index after each denoising step.
         seed: seeds the noise.
 
+    Every argument is checked before any work starts (:mod:`vidinterp.arguments`: integers are
+    ints, never floats, even ``9.0``; a bad value raises ``TypeError``/``ValueError`` naming the
+    argument, the value and what is expected, and leaves the model untouched).
+
     Returns:
         A :class:`~vidinterp.results.Trace`.
     """
-    pipe = load_pipeline(model)
-    adapter = adapter_for(pipe)
-    names = validate_concepts(concepts)
-    if branch not in BRANCHES:
-        raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")
-    if num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+    checked = arguments.trace_arguments(
+        model, video=video, prompt=prompt, concepts=concepts, analyses=analyses, steps=steps,
+        num_inference_steps=num_inference_steps, renoise_step=renoise_step, num_renoise_steps=num_renoise_steps,
+        guidance_scale=guidance_scale, negative_prompt=negative_prompt, num_frames=num_frames, height=height,
+        width=width, concept_reduction=concept_reduction, concept_slots=concept_slots,
+        branch=branch, hooks=hooks, pipeline_kwargs=pipeline_kwargs, on_step=on_step, seed=seed,
+    )
+    pipe, adapter, names, analyses, steps = checked.pipe, checked.adapter, checked.concepts, checked.analyses, checked.steps
+    num_inference_steps, renoise_step, num_renoise_steps = (checked.num_inference_steps, checked.renoise_step,
+                                                            checked.num_renoise_steps)
+    guidance_scale, prompt, negative_prompt, seed = checked.guidance_scale, checked.prompt, checked.negative_prompt, checked.seed
+    num_frames, height, width, concept_slots = checked.num_frames, checked.height, checked.width, checked.concept_slots
+    hooks, pipeline_kwargs = checked.hooks, checked.pipeline_kwargs
     mode = "generation" if video is None else "renoise"
-    if mode == "generation" and not prompt:
-        raise ValueError("generation needs a prompt (or pass video= to renoise a real video)")
     guidance = _default_guidance(pipe) if guidance_scale is None else float(guidance_scale)
     if mode == "renoise" and guidance_scale is None and adapter.default_renoise_guidance is not None:
         guidance = adapter.default_renoise_guidance
 
     if mode == "renoise":
-        frames = prepare_video(adapter, video, num_frames, height, width, resample)
+        frames = prepare_video(adapter, video, num_frames, height, width, resample, fit)
         geometry = tuple(int(size) for size in frames.shape[:3])
     else:
         geometry = tuple(given or default for given, default in
