@@ -68,6 +68,7 @@ class WanAdapter(Adapter):
     transformer_class_names = ("WanTransformer3DModel",)
     token_order = "separate"
     default_renoise_fraction = 0.4  # reference: step 20 of 50
+    vae_latent_frames_per_pass = 1  # AutoencoderKLWan encodes and decodes frame by frame (its frame cache)
 
     def __init__(self, pipe) -> None:
         super().__init__(pipe)

@@ -3,13 +3,15 @@
 ``CA[c, p] = mean_h <q_x[p], k_c>`` per (layer, step), averaged over the selected layers and
 steps (docs/methods.md, "Cross attention"; CogVideoX reference: rotary-applied visual query times
 concept key, mean over heads). ``k_c`` is the concept-stream key, or the prompt keys of the
-concept's words for models without a stream (Wan).
+concept's words for models without a stream (Wan). The product is the visit's shared
+:func:`~vidinterp.kernels.surrogate.concept_qk_scores` (also read by the QK-peak surrogates).
 """
 
 from __future__ import annotations
 
 import torch
 
+from vidinterp.kernels.surrogate import concept_qk_scores
 from vidinterp.maps import MapAnalysis
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
@@ -26,6 +28,5 @@ class CrossAttention(MapAnalysis):
     default = True
 
     def visit_map(self, visit: SiteVisit) -> torch.Tensor:
-        query = visit.get("q", "visual").float()  # [B, H, P, d]
-        key = visit.get("k", "concept").float()  # [B, H, C, d]
-        return torch.einsum("bhpd,bhcd->cp", query, key) / (query.shape[0] * query.shape[1])
+        scores = concept_qk_scores(visit)  # [B, H, C, P], <q, k> / sqrt(d)
+        return scores.mean(dim=(0, 1)) * visit.get("q", "visual").shape[-1] ** 0.5

@@ -108,9 +108,8 @@ class GramCol(MapAnalysis):
         self.selected: dict[tuple[int, int], torch.Tensor] = {}
 
     def visit_map(self, visit: SiteVisit) -> torch.Tensor:
-        mask = self.heads.select(visit)
+        mask, keep = self.heads.selection(visit)  # keep: the kept heads, on the device, no host read
         self.selected[(visit.step, visit.layer)] = mask
-        keep = mask.nonzero().squeeze(1).to(visit.get("z", "visual").device)
         outputs = visit.get("z", "visual").index_select(1, keep)
         positions = self.surrogate.positions(visit).index_select(1, keep)
         columns = gram_columns(outputs, positions, visit.layout.frames)  # [B, h, C, F, n]

@@ -49,11 +49,23 @@ class Lambda2(Analysis):
     Args:
         method: ``"krylov"`` (matrix-free, default) or ``"dense"`` (forms ``A``; small sizes).
         solver_options: passed to :func:`~vidinterp.kernels.spectral.second_eigenvalue_magnitude`.
+            Default ``stop="ritz"`` (stop once the error left in the dominant Ritz modulus,
+            extrapolated from its change over the last attention passes, is at most
+            ``tol=1e-3``; heads grouped so that the solver's extra memory stays within 5% of
+            one float32 ``P x P`` matrix at large ``P``); ``stop="residual"`` selects the
+            exact restarted solver.
+
+    With ``stop="ritz"`` the site's own values and attention output (``v``, ``z``, which the
+    forward already computed) give the solver its first Krylov block without an attention pass;
+    the solver checks ``z`` against a fresh attention on a few query rows and starts from a
+    random block where they disagree. ``attention_passes`` (in :meth:`settings`) sums, over
+    visits, the extra attention sweeps of the slowest head group.
     """
 
     name = "lambda2"
     group = "layers"
-    requires = (("q", "all"), ("k", "all"))  # the chain runs over every token of the site
+    # The chain runs over every token of the site; v and z (same tokens) seed the solver.
+    requires = (("q", "all"), ("k", "all"), ("v", "all"), ("z", "all"))
     site_kinds = ("joint", "self")
 
     def __init__(self, *, method: Literal["krylov", "dense"] = "krylov", steps=None, layers=None, **solver_options) -> None:
@@ -64,10 +76,18 @@ class Lambda2(Analysis):
         self.records = RunningMeans()
         self.attention_passes = 0
 
+    def applies_to(self, visit: SiteVisit) -> bool:
+        # v and z are optional (they only seed the solver): q and k are what the chain needs.
+        return visit.site.kind in self.site_kinds and visit.provides("q", "all") and visit.provides("k", "all")
+
     def update(self, visit: SiteVisit) -> None:
+        options = {"stop": "ritz", **self.solver_options}
+        if self.method == "krylov" and options["stop"] == "ritz" and "values" not in options:
+            if visit.provides("v", "all") and visit.provides("z", "all"):
+                options["values"], options["output"] = visit.get("v", "all"), visit.get("z", "all")
         estimate = second_eigenvalue_magnitude(
             visit.get("q", "all"), visit.get("k", "all"), key_padding_mask=key_padding_mask(visit),
-            method=self.method, return_info=True, **self.solver_options,
+            method=self.method, return_info=True, **options,
         )
         self.attention_passes += int(estimate.attention_passes)
         self.records.add((visit.step, visit.layer), estimate.modulus.float().mean(dim=0))

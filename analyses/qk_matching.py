@@ -14,7 +14,7 @@ import xarray as xr
 
 from vidinterp.accumulators import step_layer_grid
 from vidinterp.analysis import Analysis, map_coords
-from vidinterp.kernels.surrogate import QKPeak, SurrogateSelector, qk_scores
+from vidinterp.kernels.surrogate import QKPeak, SurrogateSelector
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
 
@@ -46,9 +46,10 @@ class QKMatching(Analysis):
         self.map_counts: dict[int, int] = {}
 
     def update(self, visit: SiteVisit) -> None:
-        self.positions[(visit.step, visit.layer)] = self.surrogate.positions(visit)[0].permute(1, 2, 0).cpu()  # [C, F, H]
+        # [C, F, H] on the device: moved to the host in result(), not at every visit
+        self.positions[(visit.step, visit.layer)] = self.surrogate.positions(visit)[0].permute(1, 2, 0)
         if self.keep_maps:
-            scores = qk_scores(visit, self.surrogate.matched_keys(visit)).mean(dim=0)  # [H, slots, P]
+            scores = self.surrogate.scores(visit).mean(dim=0)  # [H, slots, P]
             self.map_sums[visit.layer] = self.map_sums.get(visit.layer, 0) + scores
             self.map_counts[visit.layer] = self.map_counts.get(visit.layer, 0) + 1
 

@@ -15,8 +15,8 @@ import xarray as xr
 
 from vidinterp.accumulators import RunningMeans, step_layer_grid
 from vidinterp.analysis import Analysis
-from vidinterp.kernels.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES, separation_score
-from vidinterp.kernels.tokens import frames_view
+from vidinterp.kernels.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES
+from vidinterp.kernels.heads import frame_separation
 from vidinterp.registry import register_analysis
 from vidinterp.sites import SiteVisit
 
@@ -52,11 +52,9 @@ class Separation(Analysis):
         self.records = {score: RunningMeans() for score in self.scores}
 
     def update(self, visit: SiteVisit) -> None:
-        outputs = frames_view(visit.get("z", "visual"), visit.layout.frames)
         for score in self.scores:
             options = {"sample_size": self.silhouette_sample_size, "generator_or_seed": self.seed} if score == "silhouette" else {}
-            values = separation_score(outputs, score, **options).mean(dim=0)
-            self.records[score].add((visit.step, visit.layer), values)
+            self.records[score].add((visit.step, visit.layer), frame_separation(visit, score, **options))
 
     def merge(self, other: "Separation") -> "Separation":
         for score in self.scores:

@@ -27,6 +27,15 @@ frame; a map is compared with pixel masks by nearest upsampling of its token cel
   replaced by another: 1 when the model's prediction ignores that kind of word.
 * **CHI vs motion IoU**: per-head GramCol maps (each single (layer, head)); Pearson correlation
   between a head's mean ``separation_chi`` and its mean motion IoU, over heads.
+* **Point tracking** (a second table): :func:`vidinterp.track` on each clip (renoised once at
+  its layer and step: ``--track-layer``/``--track-step``, default :func:`vidinterp.tracking.
+  tracking_layer_step`'s) from each object's box centre at frame 0 (the clip's ``tracks``, ``+
+  0.5`` in the tracking pixel convention), scored against the clip's exact tracks: **PCK at 8 px**
+  (at the clip's own resolution) and **TAP-Vid delta_avg** (thresholds 1, 2, 4, 8, 16 px after
+  rescaling to 256 x 256, query mode "first"), each per clip and averaged over clips (as TAP-Vid
+  averages per video). An object is occluded in truth at frames where none of its pixels is
+  visible. Baselines: **random tracks** (every evaluated frame a uniform random pixel position)
+  and **zero motion** (the query point held still).
 
 Layer selection ("+ layer sel."): lambda2 layer scores are calibrated on ``--calibration-clips``
 training-distribution clips (renoised, not the benchmark clips); this model has no published
@@ -61,6 +70,7 @@ from vidinterp.datasets.shapes import (
 )
 from vidinterp.datasets.scoring import ALL_METRICS, AUROC_KINDS, naming, score_maps
 from vidinterp.kernels.heads import HeadIndices, RandomHeads, TopKHeads
+from vidinterp.tracking_metrics import evaluation_mask, pck, tapvid_metrics
 from vidinterp.selectors import AllLayers, LayerIndices
 from vidinterp.zoo.shapes import (
     ShapesModelConfig, build_shapes_pipeline, clip_latents, load_state, train_clip_config, velocity_loss,
@@ -239,6 +249,54 @@ def word_use_ratio(pipe, clips: list[ShapesClip], attribute: str) -> tuple[float
     return caption_loss_ratio(pipe, [(clip, replaced_caption(clip, attribute, words)) for clip in clips])
 
 
+TRACKER_ROW = "vidinterp.track"
+RANDOM_TRACKS_ROW = "random tracks (baseline)"
+ZERO_MOTION_ROW = "zero motion (baseline)"
+TRACKING_METRICS = ("pck_8px", "delta_avg")
+
+
+def track_metrics(clip: ShapesClip, predicted: np.ndarray) -> dict[str, float]:
+    """PCK at 8 px and TAP-Vid delta_avg of ``predicted`` ``[objects, F, 2]`` tracks (tracking
+    pixel convention) against the clip's, queried at frame 0."""
+    truth = clip.tracks.astype(np.float64) + 0.5
+    occluded = ~clip.masks.any(axis=(2, 3))
+    queries = np.zeros(len(truth), dtype=np.int64)
+    evaluate = evaluation_mask(queries, clip.num_frames, "first")
+    return {"pck_8px": pck(predicted, truth, occluded, threshold=8.0, evaluate=evaluate),
+            "delta_avg": tapvid_metrics(predicted, truth, occluded, queries, (clip.height, clip.width))["delta_avg"]}
+
+
+def tracking_rows(pipe, clip: ShapesClip, rng: np.random.Generator, layer: int | None = None,
+                  step: int | None = None, seed: int = 0) -> tuple[dict[str, dict[str, float]], dict]:
+    """The tracking rows of one clip (:func:`track_metrics` of the DiT's tracks and of the two
+    baselines) and the tracker's layer, step and their source."""
+    queries = clip.tracks[:, 0].astype(np.float64) + 0.5
+    tracks = vidinterp.track(pipe, video=clip.frames, points=queries, query_frames=0, prompt=clip.caption,
+                             layer=layer, step=step, seed=seed)
+    frames = clip.num_frames
+    random_tracks = rng.random((len(queries), frames, 2)) * np.array([clip.width, clip.height])
+    random_tracks[:, 0] = queries
+    still = np.repeat(queries[:, None], frames, axis=1)
+    rows = {TRACKER_ROW: track_metrics(clip, tracks["tracks"].values),
+            RANDOM_TRACKS_ROW: track_metrics(clip, random_tracks),
+            ZERO_MOTION_ROW: track_metrics(clip, still)}
+    where = {key: tracks.attrs[key] for key in ("layer", "step", "num_inference_steps", "layer_step_source")}
+    return rows, where
+
+
+def format_tracking_table(rows: dict[str, dict[str, float]], where: dict, clips: int, points: int,
+                          size: tuple[int, int]) -> str:
+    lines = [f"Point tracking ({clips} clips, {points} query points: each object's box centre at frame 0; "
+             f"vidinterp.track at layer {where.get('layer')}, step {where.get('step')} of "
+             f"{where.get('num_inference_steps')} ({where.get('layer_step_source')}); PCK at 8 px at "
+             f"{size[1]}x{size[0]}; TAP-Vid delta_avg at 256x256, query mode first; means over clips)",
+             "", "| tracker | PCK@8px | delta_avg |", "|---|---|---|"]
+    for name, values in rows.items():
+        cells = [f"{values[m]:.3f}" if np.isfinite(values[m]) else "n/a" for m in TRACKING_METRICS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_table(rows: dict[str, dict[str, float]], counts: dict[str, int], title: str) -> str:
     header = ("| method | object mIoU | motion IoU | temporal | AUROC (2 obj) | AUROC noun | AUROC colour "
               "| AUROC direction |")
@@ -269,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/shapes"))
     parser.add_argument("--save-layer-scores", type=Path, default=None,
                         help="also write the lambda2 layer scores + threshold here (zoo/weights/shapes.lambda2.json)")
+    parser.add_argument("--track-layer", type=int, default=None, help="layer vidinterp.track reads (default: its own)")
+    parser.add_argument("--track-step", type=int, default=None, help="step of 50 vidinterp.track reads (default: its own)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
@@ -293,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     point_chance, point2_chance = [], []
     head_chi, head_motion, head_auroc = {}, {}, {}
     layer_samples: dict[str, dict[str, list[float]]] = {}
+    track_samples: dict[str, dict[str, list[float]]] = {}
+    track_rng = np.random.default_rng(args.seed + 1)
+    track_where: dict = {}
     clips = heldout_clips(args.clips, config, TUNING_SEED if args.tuning else HELDOUT_SEED)
     for index, clip in enumerate(clips):
         concepts = clip.concepts
@@ -333,6 +396,11 @@ def main(argv: list[str] | None = None) -> int:
                 other2_sum = other_shares if other2_sum is None else other2_sum + other_shares
                 point2_n += 1
                 point2_chance.append(chance)
+        clip_tracking, track_where = tracking_rows(pipe, clip, track_rng, args.track_layer, args.track_step,
+                                                   args.seed)
+        for name, values in clip_tracking.items():
+            for metric, value in values.items():
+                track_samples.setdefault(name, {m: [] for m in TRACKING_METRICS})[metric].append(value)
         if (index + 1) % 10 == 0:
             print(f"{index + 1}/{len(clips)} clips, {time.time() - started:.0f} s", flush=True)
 
@@ -358,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
              f"objects), model {model}{f' (step {step})' if step is not None else ''}, renoise step "
              f"{args.renoise_step if args.renoise_step is not None else 30}/50, k={args.k}, selected layers {selected}")
     table = format_table(rows, counts, title)
+    tracking = {name: {m: float(np.nanmean(v[m])) if np.isfinite(v[m]).any() else float("nan")
+                       for m in TRACKING_METRICS} for name, v in track_samples.items()}
+    track_points = sum(len(clip.objects) for clip in clips)
+    tracking_table = format_tracking_table(tracking, track_where, len(clips), track_points, (config.height, config.width))
     best_auroc = max((v["auroc_2obj"] for n, v in rows.items() if n != "random maps (baseline)" and np.isfinite(v["auroc_2obj"])), default=float("nan"))
     extra = [
         "",
@@ -390,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{rows['random maps (baseline)']['object_miou']:.3f}",
         f"Wall time {time.time() - started:.0f} s",
     ]
-    text = table + "\n" + "\n".join(extra) + "\n"
+    text = table + "\n\n" + tracking_table + "\n" + "\n".join(extra) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
@@ -407,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
         "binding_loss_ratio": {attribute: {"ratio": ratio, "clips": n} for attribute, (ratio, n) in binding.items()},
         "word_use_loss_ratio": {attribute: {"ratio": ratio, "clips": n} for attribute, (ratio, n) in word_use.items()},
         "per_layer": {name.removeprefix("layer_"): {m: float(np.mean(v[m])) for m in v} for name, v in layer_samples.items()},
+        "tracking": {"rows": tracking, "clips": len(clips), "points": track_points, **track_where,
+                     "metrics": {"pck_8px": "PCK, threshold 8 px at the clip's resolution, frames after the query",
+                                 "delta_avg": "TAP-Vid delta_avg (1, 2, 4, 8, 16 px at 256x256), query mode first"}},
         "args": {k: str(v) for k, v in vars(args).items()},
     }, indent=2))
     return 0

@@ -147,7 +147,11 @@ def test_qk_matching_positions_in_grid_units():
     assert result.qk_map.dims == ("concept", "layer", "head", "frame", "y", "x")
 
 
-def test_prompt_mass_matches_dense_softmax():
+@pytest.mark.parametrize("score_block", [2**24, 2 * 22 * 5])  # one chunk; chunks of 5 query rows
+def test_prompt_mass_matches_dense_softmax(monkeypatch, score_block):
+    import vidinterp.analyses.prompt_mass as prompt_mass
+
+    monkeypatch.setattr(prompt_mass, "SCORE_BLOCK_ELEMENTS", score_block)
     visit = random_visit(batch=1, heads=2, frames=2, height=3, width=3, prompt_tokens=4, seed=6)
     result = run(PromptMass(), [visit])["prompt_mass"].values  # [H, F, T]
     q = visit.tensors["q"][0].double().numpy()

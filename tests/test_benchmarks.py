@@ -36,7 +36,8 @@ def test_benchmark_writes_a_table_with_every_method_and_the_random_baseline(tmp_
         assert 0.0 <= row["object_miou"] <= 1.0 and 0.0 <= row["auroc_2obj"] <= 1.0
     assert result["counts"]["auroc_2obj"] > 0 and np.isfinite(result["best_auroc"])
     table = out.with_suffix(".md").read_text()
-    assert table.count("\n| ") == len(rows) + 1  # header and one row per method
+    # header and one row per method, then the tracking table's header and rows
+    assert table.count("\n| ") == len(rows) + 1 + len(result["tracking"]["rows"]) + 1
     assert "random maps (baseline)" in table and "QK-peak pointing" in table
 
 

@@ -64,6 +64,7 @@ def test_every_tiny_model_runs_its_default_methods(tmp_path, family, methods):
     (["--model", "tiny-wan", "--methods", "concept_attention"], "reads sites of kind ['joint'], but wan has"),
     (["--model", "tiny-cogvideox", "--video", "clip.mp4"], "--concepts is required with --video"),
     (["--model", "tiny-cogvideox", "--video", "missing.mp4", "--concepts", "dog"], "video file not found: missing.mp4"),
+    (["--model", "tiny-cogvideox", "--memory-limit", "1000"], "more than the limit memory_limit='1000' (1000 B)"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, arguments, message):
     from vidinterp.cli import main

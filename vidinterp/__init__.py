@@ -14,6 +14,8 @@ from vidinterp.sites import SiteGraph, SiteSpec, SiteVisit
 from vidinterp.graph import hooked, list_sites
 from vidinterp.inputs import load_pipeline
 from vidinterp.trace import default_analyses, trace
+from vidinterp.interventions import CrossFrameGuidance, Intervention
+from vidinterp.tracking import track
 
 __version__ = "0.1.0"
 
@@ -30,10 +32,13 @@ def __getattr__(name: str):
 
 __all__ = [
     "trace",
+    "track",
     "hooked",
     "list_sites",
     "load_pipeline",
     "default_analyses",
+    "CrossFrameGuidance",
+    "Intervention",
     "Trace",
     "Analysis",
     "TraceContext",

@@ -25,8 +25,14 @@ class RunningMeans:
     """Running means of same-shape tensors, one per (step, layer), mergeable across trace calls:
     runs over the same (step, layer) average, runs over others add keys.
 
+    Sums stay on the device of the values added, in float32 whatever the values' dtype
+    (bfloat16/float16 models included; float64 values keep float64), and :meth:`add` never reads
+    a value on the host, so a site visit adds no host synchronisation; only :meth:`means`' caller
+    (an analysis' ``result()``) moves them to the host.
+
     Attributes:
-        sums: ``{(step, layer): tensor[...]}`` float64 CPU sums of the values added.
+        sums: ``{(step, layer): tensor[...]}`` sums of the values added, on their device, float32
+            (float64 for float64 values).
         counts: ``{(step, layer): int}`` number of values added per key.
     """
 
@@ -36,7 +42,7 @@ class RunningMeans:
 
     def add(self, key: StepLayer, value: torch.Tensor) -> None:
         """Fold one value (any shape, the same for every key; any device) in under ``key``."""
-        value = value.detach().double().cpu()
+        value = value.detach().to(torch.promote_types(value.dtype, torch.float32), copy=key not in self.sums)
         self.sums[key] = self.sums[key] + value if key in self.sums else value
         self.counts[key] = self.counts.get(key, 0) + 1
 
@@ -50,7 +56,7 @@ class RunningMeans:
         return bool(self.sums)
 
     def means(self) -> dict[StepLayer, torch.Tensor]:
-        """``{(step, layer): mean}``, each float32 of the values' shape."""
+        """``{(step, layer): mean}``, each float32 of the values' shape, on the sums' device."""
         return {key: (total / self.counts[key]).float() for key, total in self.sums.items()}
 
 

@@ -139,6 +139,19 @@ def call_argument(module: nn.Module, args: tuple, kwargs: dict, name: str, defau
     return args[index] if index < len(args) else default
 
 
+def _offloaded(module: nn.Module) -> bool:
+    """Whether offloading hooks move ``module``'s weights to its execution device for each call:
+    accelerate's (``_hf_hook``: ``device_map`` dispatch, CPU offload) or diffusers' group
+    offloading."""
+    if any(hasattr(submodule, "_hf_hook") for submodule in module.modules()):
+        return True
+    try:
+        from diffusers.hooks.group_offloading import _is_group_offload_enabled
+    except ImportError:  # a diffusers without group offloading
+        return False
+    return _is_group_offload_enabled(module)
+
+
 def joint_site_specs(transformer: nn.Module, groups: list[tuple[str, str, bool]]) -> list[SiteSpec]:
     """Sites of joint-attention blocks, named ``blocks.{l}.attn`` with ``l`` counting across
     groups in execution order.
@@ -184,6 +197,12 @@ class Adapter(ABC):
     #: maps read the conditional one); ``None`` keeps the pipeline's default, for models whose
     #: guidance is an embedded scalar rather than a second branch (HunyuanVideo, Flux).
     default_renoise_guidance: ClassVar[float | None] = 1.0
+    #: memory guard (:mod:`vidinterp.memory`): whether it may enable the VAE's tiling for a clip
+    #: that would not fit otherwise (``False`` for a family whose VAE must never be tiled).
+    vae_tiling: ClassVar[bool] = True
+    #: memory guard: latent frames the family's VAE encodes/decodes per pass (e.g. 1 for a VAE
+    #: that caches frame by frame); ``None``: what the VAE declares, else all frames at once.
+    vae_latent_frames_per_pass: ClassVar[int | None] = None
 
     def __init__(self, pipe) -> None:
         self.pipe = pipe
@@ -357,11 +376,25 @@ class Adapter(ABC):
 
     @property
     def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
+        """The device the transformer computes on: its weights' device, or, when offloading
+        hooks hold the weights elsewhere (accelerate's ``device_map`` with disk/CPU offload or
+        CPU offload, weights on ``meta`` or the CPU; diffusers' group offloading), the
+        pipeline's execution device, where those hooks run it."""
+        device = next(self.transformer.parameters()).device
+        if device.type == "meta" or _offloaded(self.transformer):
+            execution = getattr(self.pipe, "_execution_device", None)
+            if isinstance(execution, (torch.device, str)):
+                return torch.device(execution)
+        return device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
+        """The transformer's compute dtype: diffusers' ``ModelMixin.dtype``, which skips the
+        modules a half-precision load keeps in float32 (``_keep_in_fp32_modules``, e.g. Wan's
+        ``scale_shift_table``, its first parameter) and reads layerwise casting's compute dtype;
+        else the first parameter's dtype."""
+        dtype = getattr(self.transformer, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else next(self.transformer.parameters()).dtype
 
     @property
     def model_name(self) -> str:

@@ -390,9 +390,10 @@ def concept_slots_setting(value: Any, concepts: int, adapter: Adapter) -> int | 
 
 
 def schedule_steps(adapter: Adapter, renoising: bool, num_inference_steps: int, renoise_step: int | None,
-                   num_renoise_steps: int, steps: list[int] | None) -> None:
-    """Raise ``ValueError`` when the renoising window or the analysed ``steps`` fall outside the
-    schedule the trace runs (the same rules :func:`vidinterp.trace` applies)."""
+                   num_renoise_steps: int, steps: list[int] | None) -> list[int]:
+    """The schedule indices a trace runs: the renoising window (``renoise_step`` .. ``+
+    num_renoise_steps``; default start: the family's reference fraction) or the whole schedule.
+    Raises ``ValueError`` when the window or the analysed ``steps`` fall outside it."""
     if renoising:
         start = int(adapter.default_renoise_fraction * num_inference_steps) if renoise_step is None else renoise_step
         if not 0 <= start < num_inference_steps or start + num_renoise_steps > num_inference_steps:
@@ -417,6 +418,7 @@ def schedule_steps(adapter: Adapter, renoising: bool, num_inference_steps: int, 
                 f"steps {missing} are outside the steps this trace runs: expected "
                 f"indices in {run_steps[0]}..{run_steps[-1]} ({mode}, {num_inference_steps} inference steps)"
             )
+    return run_steps
 
 
 # ---------------------------------------------------------------------------- entry points

@@ -10,7 +10,8 @@ Models whose concepts must be words of the prompt (cross-attention: Wan, LTX-Vid
 that holds the concepts when ``--prompt`` is not given; the command says so in one line. Without
 ``--methods`` the default methods the model's sites allow run. A user error is one line on
 stderr and exit status 2 (``--debug`` shows the traceback); notes are one line on stderr,
-``vidinterp: note: ...``."""
+``vidinterp: note: ...``. ``vidinterp track`` tracks points (:func:`vidinterp.track`) and writes
+``tracks.html`` (:func:`vidinterp.track_plot.plot_tracks`) and ``tracks.nc``."""
 
 from __future__ import annotations
 
@@ -56,9 +57,103 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--height", type=int, help="pixel height to run at (default: the model's native height)")
     run.add_argument("--width", type=int, help="pixel width to run at (default: the model's native width)")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--memory-limit", help="memory the run may use, e.g. 24GB, or 'off' (default: the device's free "
+                                            "memory; see vidinterp.memory)")
     run.add_argument("--out", default="vidinterp-out", help="output directory")
     run.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    _add_track_parser(commands)
     return parser
+
+
+def _add_track_parser(commands) -> None:
+    """``vidinterp track``: point tracks from cross-frame attention (:func:`vidinterp.track`)."""
+    track = commands.add_parser("track", help="track points through a video (default: the bundled demo) and write "
+                                              "HTML + netCDF")
+    track.add_argument("--model", default=DEFAULT_MODEL, help="as for 'run' (default: %(default)s)")
+    track.add_argument("--video", help="clip to renoise, at a geometry the model takes (default: a zoo model's "
+                                       "bundled clip, or a synthetic shapes clip; with --prompt and no --video, a "
+                                       "generated video)")
+    track.add_argument("--prompt", help="prompt (generates a video when no --video is given)")
+    track.add_argument("--points", nargs="+", metavar="X,Y",
+                       help="query points in pixels, e.g. 12.5,30 (default: the demo clip's object centres, else "
+                            "every token cell's centre)")
+    track.add_argument("--query-frame", type=int, default=0, help="pixel frame of the query points (default: 0)")
+    track.add_argument("--layer", type=int, help="layer to read (default: the family's reference, else the middle)")
+    track.add_argument("--step", type=int, help="schedule index to read (default: the reference's, else the last)")
+    track.add_argument("--steps", type=int, help="inference steps of the schedule (default: the reference's, else 50)")
+    track.add_argument("--temperature", default="sqrt_head_dim",
+                       help="tau: sqrt_head_dim (default), sqrt_heads (the reference script's, parity only) or a number")
+    track.add_argument("--temporal", choices=("hold", "interpolate"), default="hold",
+                       help="positions across the pixel frames of a latent frame (default: %(default)s)")
+    track.add_argument("--occlusion-threshold", type=float, help="predict occluded below this confidence")
+    track.add_argument("--seed", type=int, default=0)
+    track.add_argument("--out", default="vidinterp-out", help="output directory")
+    track.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def _points(values: list[str] | None):
+    import numpy as np
+
+    if values is None:
+        return None
+    points = []
+    for value in values:
+        try:
+            x, y = (float(part) for part in value.split(","))
+        except ValueError:
+            raise ValueError(f"--points takes X,Y pairs of pixels, e.g. 12.5,30; got {value!r}") from None
+        points.append((x, y))
+    return np.array(points)
+
+
+def track_command(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import vidinterp
+    from vidinterp.registry import adapter_for
+    from vidinterp.track_plot import plot_tracks
+    from vidinterp.tracking_metrics import evaluation_mask, pck, tapvid_metrics
+
+    started = time.perf_counter()
+    out = Path(args.out)
+    _check_out(out)
+    temperature = args.temperature
+    if temperature not in ("sqrt_head_dim", "sqrt_heads"):
+        try:
+            temperature = float(temperature)
+        except ValueError:
+            raise ValueError(f"--temperature must be sqrt_head_dim, sqrt_heads or a number, got {temperature!r}") from None
+    pipe = _pipeline(args.model)
+    points, clip, video = _points(args.points), None, args.video
+    if video is None and args.prompt is None:
+        clip = _demo_clip(args.model, adapter_for(pipe).default_geometry(), args.seed)
+        video = clip.frames
+        if points is None:
+            points = clip.tracks[:, args.query_frame] + 0.5  # shapes pixel centres are integers; here c + 0.5
+    tracks = vidinterp.track(
+        pipe, video=video, points=points, prompt=args.prompt, query_frames=args.query_frame, layer=args.layer,
+        step=args.step, num_inference_steps=args.steps, temperature=temperature, temporal=args.temporal,
+        occlusion_threshold=args.occlusion_threshold, seed=args.seed,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    netcdf, html = out / "tracks.nc", out / "tracks.html"
+    tracks.to_netcdf(netcdf, engine="h5netcdf")
+    plot_tracks(tracks).write_html(html, include_plotlyjs=True)
+    print(f"{tracks.sizes['point']} tracks over {tracks.sizes['frame']} frames from layer {tracks.attrs['layer']} at "
+          f"step {tracks.attrs['step']} of {tracks.attrs['num_inference_steps']} ({tracks.attrs['layer_step_source']})")
+    if clip is not None and args.points is None:
+        truth = clip.tracks + 0.5
+        rows = np.clip(np.rint(clip.tracks[..., 1]).astype(int), 0, clip.height - 1)
+        columns = np.clip(np.rint(clip.tracks[..., 0]).astype(int), 0, clip.width - 1)
+        occluded = ~np.take_along_axis(clip.masks.reshape(*clip.masks.shape[:2], -1),
+                                        (rows * clip.width + columns)[..., None], axis=2)[..., 0]
+        predicted, queries = tracks["tracks"].values, np.full(len(truth), args.query_frame)
+        scores = tapvid_metrics(predicted, truth, occluded, queries, (clip.height, clip.width))
+        after = evaluation_mask(queries, clip.num_frames)
+        print(f"demo clip, frames after the query: PCK@8px {pck(predicted, truth, occluded, evaluate=after):.3f}, "
+              f"TAP-Vid delta_avg {scores['delta_avg']:.3f}")
+    print(f"wrote {html} and {netcdf} in {time.perf_counter() - started:.1f} s")
+    return 0
 
 
 def _pipeline(model: str):
@@ -199,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
             pipe, video=video, prompt=prompt, concepts=concepts, analyses=analyses,
             num_inference_steps=args.steps, renoise_step=args.renoise_step, resample=args.resample, fit=args.fit,
             num_frames=args.num_frames, height=args.height, width=args.width, seed=args.seed,
+            memory_limit=args.memory_limit,
         )
     out.mkdir(parents=True, exist_ok=True)
     netcdf = trace.save(out / "trace.nc")
@@ -210,11 +306,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    """Keep the libraries' informational log lines (e.g. transformers' notice that it falls back
+    to a PIL image processor without torchvision) off stderr, where the command's own notes and
+    errors are one line each; their errors still show, and ``--debug`` shows everything."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.debug:
+        _quiet_libraries()
     try:
-        return run(args)
-    except (ValueError, TypeError, OSError, NotImplementedError, KeyError) as error:
+        return (track_command if args.command == "track" else run)(args)
+    except (ValueError, TypeError, OSError, NotImplementedError, KeyError, MemoryError) as error:
         if args.debug:
             raise
         print(f"vidinterp: error: {error}", file=sys.stderr)

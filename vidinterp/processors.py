@@ -61,6 +61,11 @@ class SiteProcessor(nn.Module):
     ``hook_<role>_k``, ``hook_<role>_v``, ``hook_<role>_z``.
     """
 
+    #: set by an intervention (:mod:`vidinterp.interventions`) for the calls it perturbs:
+    #: ``override(processor, q, k, v, compute) -> z`` computes the main attention instead of the
+    #: model's ``compute`` (the hook points still fire around it); ``None``: the model's own.
+    override: Callable | None = None
+
     def __init__(self, spec: SiteSpec, original: object, observer: SiteObserver) -> None:
         super().__init__()
         self.spec, self.original, self.observer = spec, original, observer
@@ -75,7 +80,9 @@ class SiteProcessor(nn.Module):
         """Run the site's attention ``compute(q, k, v) -> z`` (all ``[B, H, tokens, d]``)
         through the hook points; an analysed call goes to the observer."""
         query, key, value = self.hook_q(query), self.hook_k(key), self.hook_v(value)
-        output = self.hook_z(compute(query, key, value))
+        override = self.override
+        output = self.hook_z(compute(query, key, value) if override is None
+                             else override(self, query, key, value, compute))
         if self.observer.active:
             self.observer.observe_site(self, attn, query, key, value, output)
         return output

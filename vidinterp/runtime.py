@@ -73,6 +73,9 @@ class Runtime:
         self.cfg_batched: bool | None = None
         #: the branch name the pipeline announced for the current call, if any.
         self.announced: str | None = None
+        #: set while an intervention runs an extra, perturbed transformer call (never analysed;
+        #: :mod:`vidinterp.interventions`).
+        self.perturbing = False
 
     def set_step(self, step: int, timestep: float | torch.Tensor = math.nan) -> None:
         """Announce the denoising step index (position in the scheduler's schedule)."""
@@ -92,6 +95,7 @@ class Runtime:
         (another branch, a perturbed branch, a step outside ``steps``) is not analysed, and the
         processors then skip all extra work."""
         self.announced = announced
+        perturbed = perturbed or self.perturbing
         rows = None if perturbed else branch_rows(announced, layout.batch, self.cfg_batched, self.branch)
         self.layout = layout if rows is None else dataclasses.replace(layout, analysed_rows=rows)
         if self._timesteps is not None:

@@ -20,7 +20,7 @@ the model's module tree at ``<attention module>.processor.hook_q`` and so on; th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterator
 
 import torch
 
@@ -95,6 +95,9 @@ class SiteVisit:
     ``"visual"`` and ``"prompt"`` parts. ``concept_tensors`` maps the same letters to
     ``[analysed_batch, heads, C, head_dim]`` tensors of the concept stream (or of prompt
     tokens standing in for concepts, for models without a stream).
+
+    Values several analyses derive from the same visit (QK scores, surrogate positions, frame
+    separation scores) are computed once per visit through :meth:`shared`.
     """
 
     site: SiteSpec
@@ -104,6 +107,7 @@ class SiteVisit:
     tensors: dict[str, torch.Tensor]
     parts: dict[str, dict[str, slice]]
     concept_tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    memo: dict[Hashable, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def layer(self) -> int:
@@ -134,6 +138,15 @@ class SiteVisit:
             raise KeyError(f"site {self.site.name} ({self.site.kind}) has no {part} tokens in {tensor!r}")
         rows = self.layout.analysed_rows
         return self.tensors[tensor][rows, :, token_slice]
+
+    def shared(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """``compute()``, once per visit and ``key``: every analysis (and selector) asking for
+        the same ``key`` during this visit gets the same value. ``key`` must name everything the
+        value depends on besides the visit (e.g. ``("qk_scores", "concept")``). Values must not
+        be modified in place by their readers."""
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
 
     def provides(self, tensor: str, part: str) -> bool:
         if part == "concept":

@@ -19,6 +19,8 @@ from vidinterp.branches import Branch
 from vidinterp.concept_stream import concept_state
 from vidinterp.hooks import with_context
 from vidinterp.install import installed
+from vidinterp.interventions import Intervention, cfg_weight, check_interventions
+from vidinterp.memory import memory_guard, memory_limit_setting
 from vidinterp.registry import analysis_classes
 from vidinterp.results import GROUPS, Trace
 from vidinterp.runtime import Runtime
@@ -50,6 +52,33 @@ def _checked_analyses(analyses: list[Analysis] | None, adapter: Adapter, frames:
         return default_analyses(adapter, frames)
     arguments.check_analyses_fit(analyses, adapter, frames)
     return analyses
+
+
+def analysis_runtime(adapter: Adapter, analyses: list[Analysis], concepts: list[str], concept_tokens,
+                     *, prompt: str | None, timesteps: torch.Tensor, steps: list[int], guidance: float,
+                     branch: Branch = "conditional", concept_slots: int | None = None,
+                     concept_reduction: ConceptReduction = "first") -> Runtime:
+    """The :class:`~vidinterp.runtime.Runtime` of a trace, built as :func:`trace` builds it:
+    ``analyses`` bound to the trace's :class:`~vidinterp.context.TraceContext`, the concept
+    stream of ``concept_tokens`` (``adapter.encode_concepts(concepts, ...)``, padded to
+    ``concept_slots``), the analysed schedule indices ``steps`` of ``timesteps`` and the CFG
+    fallback for ``guidance``. Install it with :func:`vidinterp.install.installed` to run a
+    traced forward in a loop of one's own (the benchmarks do)."""
+    context = TraceContext(
+        concepts=list(concepts),
+        num_layers=len({spec.layer for spec in adapter.site_specs()}),
+        num_inference_steps=len(timesteps),
+        timesteps=[float(t) for t in timesteps],
+        model=adapter.model_name,
+        calibration=dict(getattr(adapter.pipe, CALIBRATION_ATTRIBUTE, None) or {}),
+        concept_slots=len(concepts) if concept_slots is None else concept_slots,
+        locate_prompt_words=(lambda: adapter.prompt_words(prompt, list(concepts), concept_reduction)) if prompt else None,
+    )
+    for analysis in analyses:
+        analysis.bind(context)
+    runtime = Runtime(analyses, steps=steps, concepts=concept_state(adapter, concept_tokens, prompt), branch=branch)
+    runtime.cfg_batched = adapter.cfg_batched(guidance)
+    return runtime
 
 
 def _concept_slots(adapter: Adapter, requested: int | str | None, concepts: int, geometry: tuple) -> int:
@@ -93,9 +122,11 @@ def trace(
     concept_slots: int | Literal["text_length"] | None = None,
     branch: Branch = "conditional",
     hooks: dict[str, Callable] | None = None,
+    interventions: Iterable[Intervention] | None = None,
     pipeline_kwargs: dict[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
     seed: int = 0,
+    memory_limit: int | str | None = None,
 ) -> Trace:
     """Trace where and when a video DiT represents ``concepts``.
 
@@ -145,10 +176,22 @@ def trace(
             (e.g. ``{"blocks.3.attn.hook_z": ablate}``), removed afterwards. A hook that takes a
             ``context`` argument also gets a :class:`~vidinterp.hooks.HookContext` (step,
             timestep, site, announced branch, analysed rows), to act on one step or branch.
+        interventions: changes to sampling applied during the run (:mod:`vidinterp.interventions`),
+            e.g. ``[CrossFrameGuidance(scale=1.0, layers=[13, 14, 15])]`` (cross-frame attention
+            guidance: an extra, never analysed, perturbed branch per conditional call; the
+            analyses read the unperturbed branches). Default: none.
         pipeline_kwargs: extra inputs for ``pipe(...)`` in generation mode (e.g. ``image=`` for
             image-to-video pipelines).
         on_step: called with the step index after each denoising step.
         seed: seeds the noise.
+        memory_limit: the memory the trace may use, in bytes (``int``) or as a size string
+            (``"24GB"``, ``"24GiB"``); ``"off"`` skips the memory guard. Default: the environment
+            variable ``VIDINTERP_MEMORY_LIMIT``, else the device's free memory. Before any model
+            work the guard (:mod:`vidinterp.memory`) estimates the peak memory of this geometry
+            and raises :class:`~vidinterp.memory.InsufficientMemoryError` (a ``MemoryError``)
+            naming the estimate, the limit and settings that fit, or, when only a tiled VAE
+            fits, tiles the VAE for the run (one :class:`~vidinterp.memory.VAETilingWarning`;
+            the VAE's settings are restored afterwards).
 
     Every argument is checked before any work starts (:mod:`vidinterp.arguments`: integers are
     ints, never floats, even ``9.0``; a bad value raises ``TypeError``/``ValueError`` naming the
@@ -157,6 +200,7 @@ def trace(
     Returns:
         A :class:`~vidinterp.results.Trace`.
     """
+    memory_limit_setting(memory_limit)  # checked first: a bad value fails before a model is loaded
     checked = arguments.trace_arguments(
         model, video=video, prompt=prompt, concepts=concepts, analyses=analyses, steps=steps,
         num_inference_steps=num_inference_steps, renoise_step=renoise_step, num_renoise_steps=num_renoise_steps,
@@ -170,6 +214,7 @@ def trace(
     guidance_scale, prompt, negative_prompt, seed = checked.guidance_scale, checked.prompt, checked.negative_prompt, checked.seed
     num_frames, height, width, concept_slots = checked.num_frames, checked.height, checked.width, checked.concept_slots
     hooks, pipeline_kwargs = checked.hooks, checked.pipeline_kwargs
+    interventions = check_interventions(interventions, pipeline_kwargs)
     mode = "generation" if video is None else "renoise"
     guidance = _default_guidance(pipe) if guidance_scale is None else float(guidance_scale)
     if mode == "renoise" and guidance_scale is None and adapter.default_renoise_guidance is not None:
@@ -182,55 +227,37 @@ def trace(
         geometry = tuple(given or default for given, default in
                          zip((num_frames, height, width), adapter.default_geometry()))
     analyses = _checked_analyses(analyses, adapter, adapter.layout_for(*geometry).frames)
+    for intervention in interventions:
+        intervention.check(adapter, geometry)
+    slots = _concept_slots(adapter, concept_slots, len(names), geometry)
+    memory_plan = memory_guard(adapter, geometry, mode=mode, cfg_batched=adapter.cfg_batched(guidance),
+                               concept_slots=slots, analyses=len(analyses), memory_limit=memory_limit)
     timesteps = adapter.timesteps_for(num_inference_steps, geometry)
-    if mode == "renoise":
-        start = int(adapter.default_renoise_fraction * num_inference_steps) if renoise_step is None else int(renoise_step)
-        if not 0 <= start < num_inference_steps or num_renoise_steps < 1 or start + num_renoise_steps > num_inference_steps:
-            raise ValueError(
-                f"renoise_step={start} with num_renoise_steps={num_renoise_steps} falls outside the "
-                f"schedule: expected 0 <= renoise_step and renoise_step + num_renoise_steps <= "
-                f"num_inference_steps={num_inference_steps}"
-            )
-        run_steps = list(range(start, start + num_renoise_steps))
-    else:
-        run_steps = list(range(num_inference_steps))
+    run_steps = arguments.schedule_steps(adapter, mode == "renoise", num_inference_steps, renoise_step,
+                                         num_renoise_steps, steps)
     if steps is None:
         analysed = run_steps if mode == "renoise" else LateSteps(DEFAULT_SKIP_FRACTION).indices(num_inference_steps)
     else:
-        analysed = sorted({int(step) for step in steps})
-        missing = [step for step in analysed if step not in run_steps]
-        if not analysed or missing:
-            raise ValueError(
-                f"steps {missing or analysed} are outside the steps this trace runs: expected "
-                f"indices in {run_steps[0]}..{run_steps[-1]} ({mode}, {num_inference_steps} inference steps)"
-            )
+        analysed = sorted(set(steps))
 
     concept_tokens = adapter.encode_concepts(names, concept_reduction)
-    slots = _concept_slots(adapter, concept_slots, len(names), geometry)
     if slots > len(names):
         concept_tokens = concept_tokens.padded(slots)
-    context = TraceContext(
-        concepts=names,
-        num_layers=len({spec.layer for spec in adapter.site_specs()}),
-        num_inference_steps=num_inference_steps,
-        timesteps=[float(t) for t in timesteps],
-        model=adapter.model_name,
-        calibration=dict(getattr(pipe, CALIBRATION_ATTRIBUTE, None) or {}),
-        concept_slots=slots,
-        locate_prompt_words=(lambda: adapter.prompt_words(prompt, names, concept_reduction)) if prompt else None,
-    )
-    for analysis in analyses:
-        analysis.bind(context)
-    runtime = Runtime(analyses, steps=analysed, concepts=concept_state(adapter, concept_tokens, prompt), branch=branch)
-    runtime.cfg_batched = adapter.cfg_batched(guidance)
+    runtime = analysis_runtime(adapter, analyses, names, concept_tokens, prompt=prompt, timesteps=timesteps,
+                               steps=analysed, guidance=guidance, branch=branch, concept_slots=slots,
+                               concept_reduction=concept_reduction)
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     with ExitStack() as stack:
+        stack.enter_context(memory_plan)
         graph = stack.enter_context(installed(adapter, runtime))
         for hook_name, function in (hooks or {}).items():
             site = graph[hook_name.rpartition(".")[0]].spec
             hook = with_context(function, hook_name, site, runtime)
             stack.callback(graph.module(hook_name).register_forward_hook(hook).remove)
+        weight = cfg_weight(adapter, guidance, negative_prompt, pipeline_kwargs or {}, mode) if interventions else 1.0
+        for intervention in interventions:
+            stack.enter_context(intervention.applied(adapter, runtime, graph, weight))
         with torch.no_grad():
             if mode == "generation":
                 frames = _generate(adapter, runtime, prompt, negative_prompt, guidance, num_inference_steps,
@@ -253,6 +280,8 @@ def trace(
         "guidance_scale": guidance,
         "seed": seed,
     }
+    if interventions:
+        attrs["interventions"] = "; ".join(repr(intervention) for intervention in interventions)
     grouped: dict[str, list[xr.Dataset]] = {group: [] for group in GROUPS}
     for analysis in analyses:
         result = analysis.result()

@@ -2,7 +2,9 @@
 
 ``TopKHeads("chi", k=5)`` keeps the k heads whose visual outputs separate the latent frames
 best (IMAP's motion heads); ``RandomHeads(k, seed)`` is the ablation control; ``AllHeads()``
-and ``HeadIndices([...])`` are explicit.
+and ``HeadIndices([...])`` are explicit. :meth:`HeadSelector.selection` gives the mask and the
+kept heads' indices on the model's device without a host synchronisation for every selector
+here (``TopKHeads`` ranks on the device; the others know their heads without reading a tensor).
 """
 
 from __future__ import annotations
@@ -14,9 +16,25 @@ import torch
 
 from vidinterp.kernels.cluster_scores import HIGHER_IS_BETTER, SEPARATION_SCORES, separation_score
 from vidinterp.kernels.tokens import frames_view
+from vidinterp.kernels.transfer import to_device
 from vidinterp.sites import SiteVisit
 
-__all__ = ["HeadSelector", "AllHeads", "HeadIndices", "TopKHeads", "RandomHeads"]
+__all__ = ["HeadSelector", "AllHeads", "HeadIndices", "TopKHeads", "RandomHeads", "frame_separation"]
+
+
+def frame_separation(visit: SiteVisit, score: str, **options) -> torch.Tensor:
+    """``[heads]`` float32 separation score ``score`` of the visit's visual outputs (latent
+    frames as clusters), averaged over the analysed rows, on the visit's device. Computed once
+    per visit for each score and options (``TopKHeads`` and the separation analysis share it);
+    options that are not plain values (e.g. a ``torch.Generator``) are not shared."""
+
+    def compute() -> torch.Tensor:
+        outputs = frames_view(visit.get("z", "visual"), visit.layout.frames)
+        return separation_score(outputs, score, **options).mean(dim=0)
+
+    if not all(isinstance(value, (bool, int, float, str, type(None))) for value in options.values()):
+        return compute()
+    return visit.shared(("frame_separation", score, tuple(sorted(options.items()))), compute)
 
 
 class HeadSelector:
@@ -27,6 +45,19 @@ class HeadSelector:
     def select(self, visit: SiteVisit) -> torch.Tensor:
         raise NotImplementedError
 
+    def selection(self, visit: SiteVisit) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mask, heads)``: :meth:`select`'s ``[heads]`` bool mask and the kept heads'
+        indices, increasing, int64 on the visit's device (what an analysis gathers heads with).
+        The default takes the indices of a host mask on the host and queues their copy
+        (:func:`~vidinterp.kernels.transfer.to_device`); a mask on the device has a
+        value-dependent number of heads, read on the host (one synchronisation): selectors
+        that rank heads on the device override this."""
+        mask = self.select(visit)
+        device = _device_of(visit)
+        if mask.device.type == "cpu":
+            return mask, to_device(mask.nonzero().squeeze(1), device)
+        return mask, mask.nonzero().squeeze(1).to(device)
+
     @staticmethod
     def _check_k(k: int, heads: int) -> None:
         if not 1 <= k <= heads:
@@ -36,6 +67,9 @@ class HeadSelector:
 class AllHeads(HeadSelector):
     def select(self, visit: SiteVisit) -> torch.Tensor:
         return torch.ones(visit.site.heads, dtype=torch.bool)
+
+    def selection(self, visit: SiteVisit) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.select(visit), torch.arange(visit.site.heads, device=_device_of(visit))
 
     def __repr__(self) -> str:
         return "AllHeads()"
@@ -75,20 +109,23 @@ class TopKHeads(HeadSelector):
         self.score, self.k, self.at_most_heads, self.score_options = score, int(k), at_most_heads, score_options
 
     def scores(self, visit: SiteVisit) -> torch.Tensor:
-        """``[heads]`` float32 separation scores of the visit."""
-        outputs = frames_view(visit.get("z", "visual"), visit.layout.frames)
-        return separation_score(outputs, self.score, **self.score_options).mean(dim=0).cpu()
+        """``[heads]`` float32 separation scores of the visit, on the visit's device."""
+        return frame_separation(visit, self.score, **self.score_options)
 
     def select(self, visit: SiteVisit) -> torch.Tensor:
+        return self.selection(visit)[0]
+
+    def selection(self, visit: SiteVisit) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mask and the top-``k`` heads, ranked on the visit's device (no host read)."""
         k = min(self.k, visit.site.heads) if self.at_most_heads else self.k
         self._check_k(k, visit.site.heads)
         if visit.layout.frames < 2:
             raise ValueError(f"{self!r} ranks heads by how they separate frames; a video of one frame has none")
         scores = self.scores(visit)
-        order = torch.topk(scores, k, largest=HIGHER_IS_BETTER[self.score]).indices
-        mask = torch.zeros(visit.site.heads, dtype=torch.bool)
-        mask[order] = True
-        return mask
+        heads = torch.topk(scores, k, largest=HIGHER_IS_BETTER[self.score]).indices.sort().values
+        mask = torch.zeros(visit.site.heads, dtype=torch.bool, device=scores.device)
+        mask[heads] = True
+        return mask, heads
 
     def __repr__(self) -> str:
         clip = ", at_most_heads=True" if self.at_most_heads else ""
@@ -111,3 +148,8 @@ class RandomHeads(HeadSelector):
 
     def __repr__(self) -> str:
         return f"RandomHeads(k={self.k}, seed={self.seed})"
+
+
+def _device_of(visit: SiteVisit) -> torch.device:
+    """The device of the visit's site tensors (the model's)."""
+    return next(iter(visit.tensors.values())).device

@@ -6,6 +6,9 @@ matches the concept key: ``s(c, h, f) = argmax_{p in f} <q_x[p], k_c> / sqrt(d)`
 ``QKPeak(keys="prompt")`` matches the prompt key of the concept's word instead of the concept
 stream's key (an option of the official IMAP code); ``HiNorm()`` the visual token with the largest
 output norm per frame, whatever the concept (Table 9).
+
+The QK scores and the positions are computed once per visit (:meth:`SiteVisit.shared`) however
+many analyses ask: IMAP, GramCol, QK matching and cross attention share one ``q x k_c`` product.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from vidinterp.context import TraceContext
 from vidinterp.kernels.tokens import frames_view
 from vidinterp.sites import SiteVisit
 
-__all__ = ["SurrogateSelector", "QKPeak", "HiNorm", "qk_scores"]
+__all__ = ["SurrogateSelector", "QKPeak", "HiNorm", "qk_scores", "concept_qk_scores"]
 
 
 def qk_scores(visit: SiteVisit, key: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,6 +30,11 @@ def qk_scores(visit: SiteVisit, key: torch.Tensor | None = None) -> torch.Tensor
     query = visit.get("q", "visual").float()
     key = visit.get("k", "concept").float() if key is None else key.float()
     return torch.einsum("bhpd,bhcd->bhcp", query, key) / query.shape[-1] ** 0.5
+
+
+def concept_qk_scores(visit: SiteVisit) -> torch.Tensor:
+    """:func:`qk_scores` against the concept keys, computed once per visit; do not modify."""
+    return visit.shared(("qk_scores", "concept"), lambda: qk_scores(visit))
 
 
 class SurrogateSelector:
@@ -42,6 +50,11 @@ class SurrogateSelector:
         """The keys a QK map of this selector compares visual queries with, one per concept
         slot, ``[B, H, slots, d]`` (default: the concept keys)."""
         return visit.get("k", "concept")
+
+    def scores(self, visit: SiteVisit) -> torch.Tensor:
+        """:func:`qk_scores` of the visual queries against :meth:`matched_keys`, ``[B, H,
+        slots, P]`` float32 (do not modify: selectors may share it within a visit)."""
+        return qk_scores(visit, self.matched_keys(visit))
 
     def positions(self, visit: SiteVisit) -> torch.Tensor:
         raise NotImplementedError
@@ -79,8 +92,17 @@ class QKPeak(SurrogateSelector):
             raise ValueError(f"{self.slots} concept slots need as many prompt slots; this call has {prompt.shape[2]}")
         return torch.cat([named, padding], dim=2)
 
+    def scores(self, visit: SiteVisit) -> torch.Tensor:
+        if self.keys == "concept":
+            return concept_qk_scores(visit)
+        return visit.shared(("qk_scores", "prompt", self.slots), lambda: qk_scores(visit, self.matched_keys(visit)))
+
     def positions(self, visit: SiteVisit) -> torch.Tensor:
-        scores = qk_scores(visit, self.matched_keys(visit))  # [B, H, C, P]
+        """Global visual-token indices ``[B, H, C, F]``, computed once per visit per setting."""
+        return visit.shared(("qk_peak", self.per, self.keys, self.slots), lambda: self._positions(visit))
+
+    def _positions(self, visit: SiteVisit) -> torch.Tensor:
+        scores = self.scores(visit)  # [B, H, C, P]
         frames = visit.layout.frames
         if self.per == "video":
             return scores.argmax(dim=-1, keepdim=True).expand(*scores.shape[:3], frames)
