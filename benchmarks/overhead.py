@@ -689,8 +689,8 @@ def markdown(result: dict) -> str:
     for target in result["targets"]:
         cpu = (f"{_fmt(target['cpu_value'])} | {'yes' if target['cpu_met'] else '**no**'}"
                if "cpu_value" in target else " | ")
-        lines.append(f"| {target['target']} | {target['where']} | {_fmt(target['value'])} | "
-                     f"{'yes' if target['met'] else '**no**'} | {cpu} |")
+        verdict = "not measured" if target["value"] is None else "yes" if target["met"] else "**no**"
+        lines.append(f"| {target['target']} | {target['where']} | {_fmt(target['value'])} | {verdict} | {cpu} |")
     profile = result.get("profile")
     if profile:
         lines += ["", f"### Profile: default analyses, {profile['size']}, batch {profile['batch']}", "",
