@@ -101,7 +101,10 @@ def _roots(*modules) -> tuple[str, ...]:
 _VIDINTERP = _roots(vidinterp, vidinterp.adapters, vidinterp.analyses)
 _TORCH = _roots(torch)
 _STDLIB = str(Path(sysconfig.get_paths()["stdlib"]).resolve())
-_SITE = tuple(str(Path(path).resolve()) for path in {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+#: installed packages: this interpreter's site directories and any other on sys.path (a venv
+#: with --system-site-packages sees the base interpreter's too)
+_SITE = tuple({str(Path(path).resolve()) for path in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+                                                      *sys.path) if Path(path).name in ("site-packages", "dist-packages")})
 _MODEL_KERNEL = {processors.attention.__code__}  # the stock SDPA call of rewritten processors
 
 

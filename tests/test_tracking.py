@@ -205,3 +205,13 @@ def test_track_command(tmp_path, capsys):
     assert "PCK@8px" in capsys.readouterr().out
     assert main(["track", "--model", "tiny-cogvideox", "--points", "4;4", "--out", str(out)]) == 2
     assert "--points takes X,Y" in capsys.readouterr().err
+
+
+def test_track_command_default_runs_on_the_bundled_model(tmp_path, capsys):
+    """``vidinterp track`` with no arguments: the shipped shapes model on its demo clip, prompted
+    with the clip's caption (the model knows only its own vocabulary)."""
+    from vidinterp.cli import main
+
+    assert main(["track", "--out", str(tmp_path)]) == 0
+    assert "PCK@8px" in capsys.readouterr().out
+    assert (tmp_path / "tracks.nc").exists()

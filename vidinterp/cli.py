@@ -124,14 +124,14 @@ def track_command(args: argparse.Namespace) -> int:
         except ValueError:
             raise ValueError(f"--temperature must be sqrt_head_dim, sqrt_heads or a number, got {temperature!r}") from None
     pipe = _pipeline(args.model)
-    points, clip, video = _points(args.points), None, args.video
-    if video is None and args.prompt is None:
+    points, clip, video, prompt = _points(args.points), None, args.video, args.prompt
+    if video is None and prompt is None:
         clip = _demo_clip(args.model, adapter_for(pipe).default_geometry(), args.seed)
-        video = clip.frames
+        video, prompt = clip.frames, clip.caption
         if points is None:
             points = clip.tracks[:, args.query_frame] + 0.5  # shapes pixel centres are integers; here c + 0.5
     tracks = vidinterp.track(
-        pipe, video=video, points=points, prompt=args.prompt, query_frames=args.query_frame, layer=args.layer,
+        pipe, video=video, points=points, prompt=prompt, query_frames=args.query_frame, layer=args.layer,
         step=args.step, num_inference_steps=args.steps, temperature=temperature, temporal=args.temporal,
         occlusion_threshold=args.occlusion_threshold, seed=args.seed,
     )
