@@ -175,10 +175,6 @@ class CogVideoXAdapter(Adapter):
         )
 
     # ---------------------------------------------------------------- running
-    @property
-    def _image_to_video(self) -> bool:
-        return "ImageToVideo" in type(self.pipe).__name__
-
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict[str, Any]:
         self.check_geometry(num_frames, height, width)
         return {
@@ -217,7 +213,7 @@ class CogVideoXAdapter(Adapter):
         # Image-to-video: the first latent frame conditions, later frames are zero (as the
         # pipeline pads an encoded image); the transformer sees [latents ; image_latents].
         image_latents = None
-        if self._image_to_video:
+        if self.image_to_video:
             image_latents = torch.cat([latents[:, :1], torch.zeros_like(latents[:, 1:])], dim=1)
         ofs = None
         if transformer.config.ofs_embed_dim is not None:

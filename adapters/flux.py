@@ -27,7 +27,6 @@ and are packed with the pipeline's own helpers for each transformer call.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any, Callable
 
@@ -76,7 +75,7 @@ class FluxAdapter(ImageMMDiTAdapter):
     @property
     def max_sequence_length(self) -> int:
         """T5 length of prompts: the pipeline's default, capped by the tokenizer's limit."""
-        default = inspect.signature(type(self.pipe).__call__).parameters["max_sequence_length"].default
+        default = self.call_default("max_sequence_length")
         return int(min(default, self.pipe.tokenizer_2.model_max_length))
 
     @property

@@ -31,7 +31,6 @@ computed.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any, Callable
 
@@ -117,18 +116,14 @@ class HunyuanVideoAdapter(Adapter):
         return self.latent_layout(batch, latent_frames, latent_height, latent_width, text_length, pixel_frames, mask)
 
     # ---------------------------------------------------------------- text
-    def _call_default(self, name: str) -> Any:
-        """Default of a ``pipe(...)`` argument (the prompt template, ``max_sequence_length``)."""
-        return inspect.signature(self.pipe.__call__).parameters[name].default
-
     @property
     def prompt_template(self) -> dict[str, Any]:
-        return self._call_default("prompt_template")
+        return self.call_default("prompt_template")
 
     @property
     def max_text_length(self) -> int:
         """Prompt slots ``T`` of a call: the pipeline's default ``max_sequence_length``."""
-        return int(self._call_default("max_sequence_length"))
+        return int(self.call_default("max_sequence_length"))
 
     def _crop_start(self) -> int:
         """Leading template tokens the pipeline crops, computed as ``_get_llama_prompt_embeds``

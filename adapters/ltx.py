@@ -40,7 +40,6 @@ whatever the scheduler does to that frame is never read). Pipelines that place c
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -71,10 +70,6 @@ class LTXVideoAdapter(Adapter):
         super().__init__(pipe)
         #: image-to-video renoising: normalised latents ``[1, C, 1, h, w]`` of the last video's first frame
         self._image_latents: torch.Tensor | None = None
-
-    def _call_default(self, name: str) -> Any:
-        """The default of the pipeline's ``__call__`` argument ``name``."""
-        return inspect.signature(type(self.pipe).__call__).parameters[name].default
 
     # ---------------------------------------------------------------- sites and calls
     def site_specs(self) -> list[SiteSpec]:
@@ -107,7 +102,7 @@ class LTXVideoAdapter(Adapter):
     @property
     def max_text_length(self) -> int:
         """Prompt-token slots ``T`` the pipeline encodes to (its ``max_sequence_length`` default)."""
-        return int(self._call_default("max_sequence_length"))
+        return int(self.call_default("max_sequence_length"))
 
     @property
     def prompt_tokens(self) -> int:
@@ -137,7 +132,7 @@ class LTXVideoAdapter(Adapter):
         config = self.transformer.config
         native = config.get("native_geometry")
         if native is None:
-            native = [self._call_default(name) for name in ("num_frames", "height", "width")]
+            native = [self.call_default(name) for name in ("num_frames", "height", "width")]
         return Geometry(model="LTX-Video", native=tuple(int(size) for size in native),
                         temporal_compression=self.temporal_compression, spatial_compression=self.spatial_compression,
                         patch=int(config.patch_size), temporal_patch=int(config.patch_size_t),
@@ -151,10 +146,6 @@ class LTXVideoAdapter(Adapter):
         return (frames - 1) // self.temporal_compression + 1, height // spatial, width // spatial
 
     # ---------------------------------------------------------------- running
-    @property
-    def _image_to_video(self) -> bool:
-        return "ImageToVideo" in type(self.pipe).__name__
-
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict[str, Any]:
         self.check_geometry(num_frames, height, width)
         return {"num_frames": num_frames, "height": height, "width": width,
@@ -194,7 +185,7 @@ class LTXVideoAdapter(Adapter):
         as the pipeline encodes its image (normalised without the scaling factor, as it does)."""
         pixels = video.permute(1, 0, 2, 3).unsqueeze(0)
         latents = self._encode(pixels, generator, self.pipe.vae.config.scaling_factor)
-        if self._image_to_video:
+        if self.image_to_video:
             self._image_latents = self._encode(pixels[:, :, :1], generator, 1.0).to(self.dtype)
         return latents.to(self.dtype)
 
@@ -214,8 +205,8 @@ class LTXVideoAdapter(Adapter):
         _, _, frames, height, width = latents.shape
         patch, patch_t = transformer.config.patch_size, transformer.config.patch_size_t
         spatial = self.spatial_compression
-        rope_scale = (self.temporal_compression / self._call_default("frame_rate"), spatial, spatial)
-        image, image_tokens = self._image_condition(latents) if self._image_to_video else (None, None)
+        rope_scale = (self.temporal_compression / self.call_default("frame_rate"), spatial, spatial)
+        image, image_tokens = self._image_condition(latents) if self.image_to_video else (None, None)
 
         def call(current: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             if image is not None:

@@ -27,7 +27,6 @@ hard-codes 6x temporal and 8x spatial VAE compression (``6n + 1`` frames).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -128,9 +127,6 @@ class MochiAdapter(Adapter):
     #: from step 40 of 50 (sigma 0.62) instead
     default_renoise_fraction = 0.8
 
-    def _call_default(self, name: str) -> Any:
-        return inspect.signature(type(self.pipe).__call__).parameters[name].default
-
     # ---------------------------------------------------------------- sites and calls
     def site_specs(self) -> list[SiteSpec]:
         return joint_site_specs(self.transformer, [("transformer_blocks", "attn1", True)])
@@ -156,7 +152,7 @@ class MochiAdapter(Adapter):
     @property
     def prompt_tokens(self) -> int:
         """Prompt slots: the pipeline's ``max_sequence_length`` default."""
-        return int(self._call_default("max_sequence_length"))
+        return int(self.call_default("max_sequence_length"))
 
     def encode_concepts(self, concepts: list[str], reduction: ConceptReduction) -> ConceptTokens:
         """Each concept is encoded alone as the pipeline encodes a prompt (T5, no BOS), then
@@ -197,7 +193,7 @@ class MochiAdapter(Adapter):
         """Native geometry: the transformer config's ``native_geometry`` when set (tiny pipelines),
         else the pipeline's defaults (19 frames at 480x848)."""
         native = self.transformer.config.get("native_geometry") or (
-            self._call_default("num_frames"), self.pipe.default_height, self.pipe.default_width)
+            self.call_default("num_frames"), self.pipe.default_height, self.pipe.default_width)
         return Geometry(model="Mochi", native=tuple(int(size) for size in native),
                         temporal_compression=self.temporal_compression, spatial_compression=self.spatial_compression,
                         patch=int(self.transformer.config.patch_size), pixel_multiple=8)

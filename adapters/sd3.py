@@ -30,7 +30,6 @@ and scaling (``[1, C, h, w]`` latents, the transformer's input layout).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import torch
@@ -133,7 +132,7 @@ class SD3Adapter(ImageMMDiTAdapter):
     @property
     def max_sequence_length(self) -> int:
         """T5 rows of a prompt: the pipeline's default, capped by the T5 tokenizer's limit."""
-        default = inspect.signature(type(self.pipe).__call__).parameters["max_sequence_length"].default
+        default = self.call_default("max_sequence_length")
         tokenizer = self.pipe.tokenizer_3
         return int(default if tokenizer is None else min(default, tokenizer.model_max_length))
 

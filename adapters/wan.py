@@ -33,7 +33,6 @@ CFG: the pipelines make two separate transformer calls per step, ``cache_context
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
 import torch
@@ -110,7 +109,7 @@ class WanAdapter(Adapter):
     @property
     def max_text_length(self) -> int:
         """Prompt-token slots ``T`` the pipeline encodes to (its ``max_sequence_length`` default)."""
-        return int(inspect.signature(type(self.pipe).__call__).parameters["max_sequence_length"].default)
+        return int(self.call_default("max_sequence_length"))
 
     def encode_concepts(self, concepts: list[str], reduction: ConceptReduction) -> ConceptTokens:
         """No concept stream: see :func:`~vidinterp.adapter.prompt_word_concepts`."""
@@ -134,8 +133,7 @@ class WanAdapter(Adapter):
         config = self.transformer.config
         native = config.get("native_geometry")
         if native is None:
-            parameters = inspect.signature(type(self.pipe).__call__).parameters
-            native = [parameters[name].default for name in ("num_frames", "height", "width")]
+            native = [self.call_default(name) for name in ("num_frames", "height", "width")]
         patch_t, patch_h, patch_w = config.patch_size
         if patch_h != patch_w:
             raise NotImplementedError(f"Wan with a non-square patch {config.patch_size} is not supported")
@@ -144,10 +142,6 @@ class WanAdapter(Adapter):
                         max_grid=int(config.rope_max_seq_len), max_token_frames=int(config.rope_max_seq_len))
 
     # ---------------------------------------------------------------- running
-    @property
-    def _image_to_video(self) -> bool:
-        return "ImageToVideo" in type(self.pipe).__name__
-
     def generation_kwargs(self, num_frames: int, height: int, width: int) -> dict[str, Any]:
         self.check_geometry(num_frames, height, width)
         return {"num_frames": num_frames, "height": height, "width": width,
@@ -169,7 +163,7 @@ class WanAdapter(Adapter):
         pixels = video.to(device=vae.device, dtype=vae.dtype).permute(1, 0, 2, 3).unsqueeze(0)
         latents = vae.encode(pixels).latent_dist.sample(generator)
         mean, std = self._latent_statistics(latents)
-        if self._image_to_video:
+        if self.image_to_video:
             self._conditioning = (_to_image(video[0]), video.shape[0])
         return ((latents - mean) / std).to(self.dtype)
 
@@ -189,7 +183,7 @@ class WanAdapter(Adapter):
         )
         prompt_embeds = prompt_embeds.to(dtype)
         negative_embeds = negative_embeds.to(dtype) if cfg else None
-        condition, image_embeds = self._image_conditioning(latents) if self._image_to_video else (None, None)
+        condition, image_embeds = self._image_conditioning(latents) if self.image_to_video else (None, None)
 
         def call(current: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
             model_input = current.to(dtype)

@@ -399,3 +399,14 @@ class Adapter(ABC):
     @property
     def model_name(self) -> str:
         return str(getattr(self.transformer.config, "_name_or_path", "") or self.family)
+
+    def call_default(self, name: str) -> Any:
+        """The default of the pipeline's ``__call__`` argument ``name`` (``KeyError`` when it
+        takes none), e.g. ``max_sequence_length``."""
+        return inspect.signature(type(self.pipe).__call__).parameters[name].default
+
+    @property
+    def image_to_video(self) -> bool:
+        """Whether the pipeline is an image-to-video one (``...ImageToVideoPipeline``): its
+        renoising conditions on the video's first frame."""
+        return "ImageToVideo" in type(self.pipe).__name__

@@ -216,16 +216,11 @@ def _note(message: str) -> None:
 
 
 def _missing_concepts(prompt: str, concepts: list[str]) -> list[str]:
-    """The concepts that are not a word (or run of words) of ``prompt``, case-insensitively."""
-    from vidinterp.prompt_words import prompt_word_list
+    """The concepts that are not a word (or run of words) of ``prompt``, case-insensitively (as
+    :func:`vidinterp.prompt_words.locate_prompt_words` matches them)."""
+    from vidinterp.prompt_words import concept_span
 
-    words = [word.lower() for word in prompt_word_list(prompt)]
-    missing = []
-    for concept in concepts:
-        run = [word.lower() for word in prompt_word_list(concept)]
-        if not run or not any(words[i:i + len(run)] == run for i in range(len(words) - len(run) + 1)):
-            missing.append(concept)
-    return missing
+    return [concept for concept in concepts if concept_span(prompt, concept) is None]
 
 
 def _prompt_for(adapter, prompt: str | None, caption: str | None, concepts: list[str]) -> str:

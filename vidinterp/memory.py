@@ -439,7 +439,7 @@ def estimate_memory(
                    + MAP_COPIES * max(int(analyses), 1) * slots * visual * 4
                    + LATENT_COPIES * batch * latent_elements * 4)
     text = _text_phase(adapter.pipe, adapter.prompt_tokens)
-    device = _execution_device(adapter)
+    device = adapter.device
 
     vae = getattr(adapter.pipe, "vae", None)
     if vae is None:
@@ -562,7 +562,7 @@ def memory_guard(
     if limit is None:
         limit, source = _environment_limit(), f"the limit {ENVIRONMENT_VARIABLE}={os.environ.get(ENVIRONMENT_VARIABLE)!r}"
     if limit is None:
-        device = _execution_device(adapter)
+        device = adapter.device
         limit, source = available_memory(device), f"the memory available on {device}"
     if limit is None or limit == "off":
         return MemoryPlan(adapter, None, None, False)
@@ -588,13 +588,3 @@ def memory_guard(
         f"vidinterp.trace would need {estimate.describe(tiled)}, more than {source} ({format_bytes(limit)}); "
         f"{fits}. Nothing was run and the model is unchanged (memory_limit='off' or {ENVIRONMENT_VARIABLE}=off "
         f"skips this check)", estimate, limit, suggestions)
-
-
-def _execution_device(adapter: "Adapter") -> torch.device:
-    """Where the pipeline computes (its ``_execution_device`` under CPU offload), else where the
-    transformer's weights are."""
-    try:
-        device = getattr(adapter.pipe, "_execution_device", None)
-    except Exception:  # diffusers' property walks the components; any failure: fall back
-        device = None
-    return torch.device(device) if device is not None else adapter.device

@@ -18,7 +18,7 @@ import torch
 
 from vidinterp.adapter import ConceptReduction, reduce_concept_rows
 
-__all__ = ["PromptWords", "locate_prompt_words", "prompt_word_list"]
+__all__ = ["PromptWords", "locate_prompt_words", "prompt_word_list", "concept_span"]
 
 #: A word of a prompt: letters/digits, optionally joined by an apostrophe or hyphen.
 _WORD = re.compile(r"\w+(?:['\u2019-]\w+)*")
@@ -27,6 +27,19 @@ _WORD = re.compile(r"\w+(?:['\u2019-]\w+)*")
 def prompt_word_list(text: str) -> list[str]:
     """The words of ``text``, in order."""
     return _WORD.findall(text)
+
+
+def concept_span(prompt: str, concept: str) -> tuple[int, int] | None:
+    """Character span ``(start, end)`` in ``prompt`` of the first run of its words that equals
+    ``concept``'s words, case-insensitively; ``None`` when there is none (or ``concept`` has no
+    words)."""
+    found = list(_WORD.finditer(prompt))
+    words = [match.group().lower() for match in found]
+    target = [word.lower() for word in prompt_word_list(concept)]
+    for i in range(len(found) - len(target) + 1):
+        if target and words[i:i + len(target)] == target:
+            return found[i].start(), found[i + len(target) - 1].end()
+    return None
 
 
 @dataclass
@@ -95,8 +108,7 @@ def locate_prompt_words(
             when a concept covers several tokens.
         TypeError: for a tokenizer without offset mappings.
     """
-    found = [(match.group(), match.start(), match.end()) for match in _WORD.finditer(prompt)]
-    words = [word for word, _, _ in found]
+    words = prompt_word_list(prompt)
     try:
         encoding = tokenizer(prompt, add_special_tokens=True, truncation=True, max_length=max_length,
                              return_offsets_mapping=True)
@@ -109,12 +121,7 @@ def locate_prompt_words(
     tokens = tokenizer.convert_ids_to_tokens(encoding["input_ids"])
     positions, pieces = [], []
     for name in concepts:
-        target = [word.lower() for word in _WORD.findall(name)]
-        span = next(
-            ((found[i][1], found[i + len(target) - 1][2]) for i in range(len(found) - len(target) + 1)
-             if target and [word.lower() for word in words[i:i + len(target)]] == target),
-            None,
-        )
+        span = concept_span(prompt, name)
         if span is None:
             raise ValueError(
                 f"concept {name!r} is not a word of the prompt {prompt!r}; {model} reads concepts from the "
