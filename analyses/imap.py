@@ -14,6 +14,8 @@ with a head selector and a layer selector; the paper's ablations are one express
 
 from __future__ import annotations
 
+import xarray as xr
+
 from vidinterp.analyses.gramcol import GramCol, HeadReduction, Normalization
 from vidinterp.kernels.heads import HeadSelector, TopKHeads
 from vidinterp.kernels.surrogate import SurrogateSelector
@@ -63,6 +65,19 @@ class IMAP(GramCol):
             concept_softmax=concept_softmax,
             steps=steps,
         )
+
+    def result(self) -> xr.Dataset:
+        """GramCol's result; when head selection kept every head at every visit (``k`` at least
+        the heads of the sites, as on small models), the map's ``note`` attribute says that it
+        equals GramCol over the same layers, so identical maps are not a surprise."""
+        dataset = super().result()
+        kept = dataset[f"{self.name}_selected_heads"]
+        if bool(kept.all()):
+            dataset[self.name].attrs["note"] = (
+                f"head selection {self.heads!r} kept all {kept.sizes['head']} heads at every visited step and layer, "
+                f"so this map equals GramCol over the same layers"
+            )
+        return dataset
 
 
 def default_layer_selector() -> LayerSelector:

@@ -26,6 +26,7 @@ from vidinterp.analysis import Analysis
 from vidinterp.context import TraceContext
 from vidinterp.kernels.spectral import second_eigenvalue_magnitude
 from vidinterp.kernels.tokens import key_padding_mask
+from vidinterp.calibration import load_calibration
 from vidinterp.model_cards import MODEL_CARDS, lambda2_threshold, model_card
 from vidinterp.registry import register_analysis
 from vidinterp.selectors import LayerSelector
@@ -105,7 +106,25 @@ class Lambda2(Analysis):
             grid, dims=("step", "layer", "head"),
             coords={"step": steps, "layer": layers, "head": list(range(grid.shape[-1]))},
         )
-        return xr.Dataset({"lambda2": per_head, "lambda2_layer": per_head.mean(dim=("step", "head"))})
+        layer_scores = per_head.mean(dim=("step", "head"))
+        layer_scores.attrs.update(self._calibration_attrs())
+        return xr.Dataset({"lambda2": per_head, "lambda2_layer": layer_scores})
+
+    def _calibration_attrs(self) -> dict[str, Any]:
+        """What layer selection reads in this trace, kept beside the scores for figures: the
+        trace calibration's ``threshold`` and layer scores when it has them (``threshold_source``
+        ``"trace calibration"``), else the family's published threshold."""
+        calibration = self.context.calibration
+        if "lambda2_threshold" in calibration:
+            attrs = {"threshold": float(calibration["lambda2_threshold"]), "threshold_source": "trace calibration"}
+        else:
+            attrs = {"threshold": float(lambda2_threshold(self.context.model)),
+                     "threshold_source": f"paper value for {self.context.model or 'an unnamed model'}"}
+        if "lambda2" in calibration:
+            scores = sorted((int(layer), float(score)) for layer, score in calibration["lambda2"].items())
+            attrs["calibration_layers"] = [layer for layer, _ in scores]
+            attrs["calibration_scores"] = [score for _, score in scores]
+        return attrs
 
     def settings(self) -> dict:
         return {**super().settings(), "solver": self.method, "attention_passes": self.attention_passes}
@@ -135,19 +154,6 @@ def save_layer_scores(scores: dict[int, float], model: str, path: str | os.PathL
 def load_layer_scores(source: str | os.PathLike) -> dict[int, float]:
     """Read ``{layer: score}`` from a JSON file written by :func:`save_layer_scores`."""
     return load_calibration(source)["lambda2"]
-
-
-def load_calibration(source: str | os.PathLike) -> dict[str, Any]:
-    """A layer-score file as a trace calibration (``pipe.vidinterp_calibration``):
-    ``{"lambda2": {layer: score}}``, plus ``"lambda2_threshold"`` when the file records the
-    ``threshold`` its scores were made for (``save_layer_scores(..., threshold=t)``)."""
-    payload = json.loads(Path(source).read_text())
-    if "scores" not in payload:
-        raise ValueError(f"{source} is not a layer-score file: it has no 'scores' entry")
-    calibration: dict[str, Any] = {"lambda2": {int(layer): float(score) for layer, score in payload["scores"].items()}}
-    if payload.get("threshold") is not None:
-        calibration["lambda2_threshold"] = float(payload["threshold"])
-    return calibration
 
 
 def calibrate_layers(model: Any, prompts: Iterable[str], *, num_inference_steps: int = 50,

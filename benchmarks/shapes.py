@@ -15,7 +15,10 @@ frame; a map is compared with pixel masks by nearest upsampling of its token cel
 
 * **object mIoU**, **motion IoU**, **temporal**, **AUROC (2 obj)** (and its split by the kind of
   naming word): as :func:`vidinterp.datasets.scoring.score_maps` defines them, averaged over
-  every sample of every clip.
+  every sample of every clip. The clips are scored by the evaluation runner's shapes task
+  (``vidinterp.evaluation.tasks.ShapesTask``, what ``vidinterp eval shapes`` runs) on the
+  records of :mod:`vidinterp.datasets.shapes_source`; note that ``vidinterp eval`` averages each
+  clip's samples first and then the clips, while this table pools the samples.
 * **QK-peak pointing**: per (layer, head), the share of (concept, frame) surrogate tokens
   (``trace.diagnostics`` ``surrogate_y``/``surrogate_x``) whose 4x4-pixel cell overlaps the named
   object's mask (noun and colour concepts naming one object, frames where it is visible).
@@ -59,9 +62,9 @@ import numpy as np
 import torch
 
 import vidinterp
+from vidinterp.ablations import ablation_analyses
 from vidinterp.analyses.concept_attention import ConceptAttention
 from vidinterp.analyses.cross_attention import CrossAttention
-from vidinterp.analyses.gramcol import GramCol
 from vidinterp.analyses.lambda2 import Lambda2, save_layer_scores
 from vidinterp.analyses.qk_matching import QKMatching
 from vidinterp.analyses.separation import Separation
@@ -69,9 +72,13 @@ from vidinterp.datasets.shapes import (
     COLORS, DIRECTIONS, SHAPES, ShapesClip, clip_seed, generate_clip, make_caption,
 )
 from vidinterp.datasets.scoring import ALL_METRICS, AUROC_KINDS, naming, score_maps
-from vidinterp.kernels.heads import HeadIndices, RandomHeads, TopKHeads
+from vidinterp.datasets.shapes_source import shapes_record
+from vidinterp.evaluation.fitting import fit_record, target_geometry
+from vidinterp.evaluation.tasks import get_task
+from vidinterp.registry import adapter_for
 from vidinterp.tracking_metrics import evaluation_mask, pck, tapvid_metrics
-from vidinterp.selectors import AllLayers, LayerIndices
+from vidinterp.plotting import head_map_analyses
+from vidinterp.selectors import LayerIndices
 from vidinterp.zoo.shapes import (
     ShapesModelConfig, build_shapes_pipeline, clip_latents, load_state, train_clip_config, velocity_loss,
 )
@@ -107,36 +114,10 @@ def named(analysis, name: str):
     return analysis
 
 
-def method_analyses(selected_layers: list[int], heads: int, k: int, seed: int) -> list:
-    """Every method of the table, with (``final`` softmax over concepts) and without softmax."""
-    layers = LayerIndices(selected_layers)
-    analyses = []
-    for soft, suffix in (("none", ""), ("final", "+softmax")):
-        analyses += [
-            named(CrossAttention(concept_softmax=soft), f"cross_attention{suffix}"),
-            named(ConceptAttention(concept_softmax=soft), f"concept_attention{suffix}"),
-            named(GramCol(layers=AllLayers(), concept_softmax=soft), f"gramcol_all_layers{suffix}"),
-            named(GramCol(layers=LayerIndices(selected_layers), concept_softmax=soft), f"gramcol+layer_sel{suffix}"),
-            named(GramCol(layers=LayerIndices(selected_layers), heads=TopKHeads("chi", k=k, at_most_heads=True),
-                          concept_softmax=soft), f"imap(top{k}_chi){suffix}"),
-            named(GramCol(layers=AllLayers(), heads=TopKHeads("chi", k=k, at_most_heads=True),
-                          concept_softmax=soft), f"imap_all_layers(top{k}_chi){suffix}"),
-            named(GramCol(layers=LayerIndices(selected_layers), heads=RandomHeads(k=k, seed=seed),
-                          concept_softmax=soft), f"imap(random{k}){suffix}"),
-        ]
-    del layers
-    return analyses
-
-
 def per_layer_analyses(num_layers: int) -> list:
     """Cross attention and ConceptAttention of one layer each: where in depth the word signal is."""
     return [named(cls(layers=LayerIndices([layer])), f"layer_{layer}_{cls.name}")
             for layer in range(num_layers) for cls in (CrossAttention, ConceptAttention)]
-
-
-def per_head_analyses(num_layers: int, heads: int) -> list:
-    return [named(GramCol(layers=LayerIndices([layer]), heads=HeadIndices([head])), f"head_{layer}_{head}")
-            for layer in range(num_layers) for head in range(heads)]
 
 
 # ------------------------------------------------------------------ metrics
@@ -357,29 +338,36 @@ def main(argv: list[str] | None = None) -> int:
     track_rng = np.random.default_rng(args.seed + 1)
     track_where: dict = {}
     clips = heldout_clips(args.clips, config, TUNING_SEED if args.tuning else HELDOUT_SEED)
+    shapes_task = get_task("shapes")
     for index, clip in enumerate(clips):
         concepts = clip.concepts
-        analyses = (method_analyses(selected, config.num_heads, args.k, args.seed)
-                    + per_head_analyses(config.num_layers, config.num_heads)
+        record = shapes_record(clip, f"clip_{index:05d}")
+        record = fit_record(record, target_geometry(adapter_for(pipe), record.num_frames))  # held-out clips fit as they are
+        methods = list(ablation_analyses(selected, config.num_heads, ks=(args.k,), seed=args.seed).values())
+        analyses = (methods
+                    + head_map_analyses(range(config.num_layers), range(config.num_heads))
                     + per_layer_analyses(config.num_layers)
                     + [Separation(scores=("chi",)), QKMatching()])
-        trace = vidinterp.trace(pipe, video=clip.frames, prompt=clip.caption, concepts=concepts,
+        trace = vidinterp.trace(pipe, video=record.frames, prompt=record.caption, concepts=concepts,
                                 analyses=analyses, **renoise)
-        for name in trace.maps.data_vars:
-            values = trace.maps[name].values
-            result = score_maps(clip, concepts, values)
+        # the table's rows: the evaluation runner's shapes task, as `vidinterp eval shapes` scores them
+        scored = shapes_task.score_trace(record, trace, [analysis.name for analysis in methods])
+        for name, result in scored.samples.items():
+            for metric, vals in result.items():
+                samples.setdefault(name, {m: [] for m in ALL_METRICS})[metric].extend(vals)
+        for name in trace.maps.data_vars:  # diagnostics: single heads and single layers
+            if not name.startswith(("head_", "layer_")):
+                continue
+            result = score_maps(clip, concepts, trace.maps[name].values)
             if name.startswith("head_"):
                 head_motion.setdefault(name, []).extend(result["motion_iou"])
                 for metric in ("auroc_2obj", *AUROC_KINDS):
                     head_auroc.setdefault(metric, {}).setdefault(name, []).extend(result[metric])
-            elif name.startswith("layer_"):
+            else:
                 for metric in ("object_miou", "auroc_2obj"):
                     layer_samples.setdefault(name, {"object_miou": [], "auroc_2obj": []})[metric].extend(result[metric])
-            else:
-                for metric, vals in result.items():
-                    samples.setdefault(name, {m: [] for m in ALL_METRICS})[metric].extend(vals)
         random_maps = rng.random((len(concepts), *trace.maps[list(trace.maps.data_vars)[0]].shape[1:]))
-        for metric, vals in score_maps(clip, concepts, random_maps).items():
+        for metric, vals in shapes_task.score(record, list(concepts), random_maps).items():
             samples.setdefault("random maps (baseline)", {m: [] for m in ALL_METRICS})[metric].extend(vals)
         chi = trace.heads["separation_chi"].mean("step").values  # [L, H]
         for layer in range(chi.shape[0]):

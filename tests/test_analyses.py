@@ -105,6 +105,15 @@ def test_imap_is_gramcol_over_top_chi_heads():
     assert list(selected.layer.values) == [0, 2] and (selected.sum("head") == 2).all()
 
 
+def test_imap_says_when_head_selection_kept_every_head():
+    """k >= heads keeps them all: the map then equals GramCol, and its note says so."""
+    visits = [random_visit(batch=1, heads=4, frames=3, seed=s, layer=s, concepts=3) for s in range(2)]
+    all_heads = run(IMAP(k=5), visits)
+    np.testing.assert_allclose(all_heads["imap"].values, run(GramCol(), visits)["gramcol"].values, rtol=1e-6)
+    assert "kept all 4 heads" in all_heads["imap"].attrs["note"] and "equals GramCol" in all_heads["imap"].attrs["note"]
+    assert "note" not in run(IMAP(k=2), visits)["imap"].attrs
+
+
 def test_head_selectors():
     visit = random_visit(heads=6, frames=4, seed=1)
     _, o, _, _ = numpy_parts(visit)

@@ -108,3 +108,32 @@ def test_notebook_runs_top_to_bottom(notebook):
 
     document = nbformat.read(notebook, as_version=4)
     NotebookClient(document, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert_every_figure_has_a_static_image(document)
+
+
+PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
+
+
+def figure_outputs(document) -> list[dict]:
+    return [output.get("data", {}) for cell in document.cells if cell.cell_type == "code" for output in cell.outputs
+            if PLOTLY_MIMETYPE in output.get("data", {})]
+
+
+def assert_every_figure_has_a_static_image(document) -> None:
+    """Static viewers (GitHub) draw image/png, not plotly's mimetype: every figure needs both."""
+    figures = figure_outputs(document)
+    missing = [index for index, data in enumerate(figures) if "image/png" not in data]
+    assert not missing, f"figure outputs {missing} have no static PNG: display them with vidinterp.plotting.show"
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=lambda p: p.name)
+def test_committed_notebook_reads_on_static_viewers(notebook):
+    """The committed file holds its outputs (``python notebooks/execute.py``), without errors, and
+    a PNG beside every interactive figure."""
+    import nbformat
+
+    document = nbformat.read(notebook, as_version=4)
+    code = [cell for cell in document.cells if cell.cell_type == "code"]
+    assert all(cell.execution_count is not None for cell in code), "run python notebooks/execute.py and commit"
+    assert not [output for cell in code for output in cell.outputs if output.output_type == "error"]
+    assert_every_figure_has_a_static_image(document)

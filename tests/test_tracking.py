@@ -175,7 +175,7 @@ def test_tracks_while_generating():
 
 # -------------------------------------------------------------------- plot and command line
 def test_plot_tracks(planted):
-    from vidinterp.track_plot import plot_tracks
+    from vidinterp.plotting import plot_tracks
 
     pipe, clip = planted
     design = pipe.vidinterp_tracking

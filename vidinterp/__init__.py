@@ -20,13 +20,18 @@ from vidinterp.tracking import track
 __version__ = "0.1.0"
 
 
+#: Subpackages imported on first attribute use: ``vidinterp.zoo`` (trained models, installed from
+#: the top-level ``zoo/`` folder; it builds model-specific pipelines, so the core never imports it
+#: eagerly), and the figure, dataset and evaluation layers, which ``import vidinterp`` need not load.
+_LAZY_SUBPACKAGES = ("zoo", "plotting", "datasets", "evaluation")
+
+
 def __getattr__(name: str):
-    """``vidinterp.zoo`` (trained models, installed from the top-level ``zoo/`` folder) on first use:
-    the zoo builds model-specific pipelines, so the core never imports it eagerly."""
-    if name == "zoo":
+    """``vidinterp.<subpackage>`` of :data:`_LAZY_SUBPACKAGES`, imported on first use."""
+    if name in _LAZY_SUBPACKAGES:
         import importlib
 
-        return importlib.import_module("vidinterp.zoo")
+        return importlib.import_module(f"vidinterp.{name}")
     raise AttributeError(f"module 'vidinterp' has no attribute {name!r}")
 
 

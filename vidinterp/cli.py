@@ -11,7 +11,7 @@ that holds the concepts when ``--prompt`` is not given; the command says so in o
 ``--methods`` the default methods the model's sites allow run. A user error is one line on
 stderr and exit status 2 (``--debug`` shows the traceback); notes are one line on stderr,
 ``vidinterp: note: ...``. ``vidinterp track`` tracks points (:func:`vidinterp.track`) and writes
-``tracks.html`` (:func:`vidinterp.track_plot.plot_tracks`) and ``tracks.nc``."""
+``tracks.html`` (:func:`vidinterp.plotting.plot_tracks`) and ``tracks.nc``."""
 
 from __future__ import annotations
 
@@ -62,7 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="vidinterp-out", help="output directory")
     run.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     _add_track_parser(commands)
+    _add_eval_parser(commands)
     return parser
+
+
+def _add_eval_parser(commands) -> None:
+    """``vidinterp eval``: a benchmark over a dataset (:mod:`vidinterp.evaluation.command`)."""
+    from vidinterp.evaluation.command import add_eval_parser
+
+    add_eval_parser(commands)
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """``vidinterp eval``: see :func:`vidinterp.evaluation.command.eval_command`."""
+    from vidinterp.evaluation.command import eval_command as run_evaluation
+
+    return run_evaluation(args)
 
 
 def _add_track_parser(commands) -> None:
@@ -111,7 +126,7 @@ def track_command(args: argparse.Namespace) -> int:
 
     import vidinterp
     from vidinterp.registry import adapter_for
-    from vidinterp.track_plot import plot_tracks
+    from vidinterp.plotting import plot_tracks
     from vidinterp.tracking_metrics import evaluation_mask, pck, tapvid_metrics
 
     started = time.perf_counter()
@@ -293,8 +308,7 @@ def run(args: argparse.Namespace) -> int:
         )
     out.mkdir(parents=True, exist_ok=True)
     netcdf = trace.save(out / "trace.nc")
-    html = out / "trace.html"
-    trace.plot().write_html(html, include_plotlyjs=True)
+    html = trace.report(out / "trace.html")
     print(trace)
     print(f"prompt: {prompt!r}; concepts: {concepts}")
     print(f"wrote {html} and {netcdf} in {time.perf_counter() - started:.1f} s")
@@ -317,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         _quiet_libraries()
     try:
-        return (track_command if args.command == "track" else run)(args)
+        return {"track": track_command, "eval": eval_command}.get(args.command, run)(args)
     except (ValueError, TypeError, OSError, NotImplementedError, KeyError, MemoryError) as error:
         if args.debug:
             raise

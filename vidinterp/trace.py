@@ -292,7 +292,7 @@ def trace(
             part.attrs = settings
             grouped[variable.attrs.get("group", analysis.group)].append(part)
     datasets = {
-        group: xr.merge(parts, combine_attrs="drop_conflicts", compat="override") if parts else xr.Dataset()
+        group: xr.merge(parts, combine_attrs="drop_conflicts", compat="override", join="outer") if parts else xr.Dataset()
         for group, parts in grouped.items()
     }
     return Trace(video=frames, attrs=attrs, **datasets)

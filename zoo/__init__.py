@@ -95,7 +95,7 @@ def load(name: str = "shapes", *, weights: str | PathLike | None = None, device:
     load_state(pipe, state)
     layer_scores = path.with_suffix(".lambda2.json")
     if layer_scores.is_file():
-        from vidinterp.analyses.lambda2 import load_calibration
+        from vidinterp.calibration import load_calibration
 
         pipe.vidinterp_calibration = load_calibration(layer_scores)
     return pipe.to(device)

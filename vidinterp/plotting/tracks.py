@@ -1,45 +1,60 @@
-"""Plotly view of point tracks over their video: markers and trails, a slider over pixel frames."""
+"""Point tracks over their video: markers and trails, a slider over pixel frames, no auto-play.
+
+Same conventions as the map overlays (:mod:`vidinterp.plotting.animation`): continuous pixel
+coordinates (pixel column ``c`` drawn over ``[c, c + 1)``), one animation frame per pixel frame
+labelled ``"px 5 · latent 2"``, play and pause buttons.
+"""
 
 from __future__ import annotations
 
 import numpy as np
+import plotly.graph_objects as go
 import xarray as xr
+
+from vidinterp.plotting.animation import VideoFigure, checked_video, frame_image, player_layout, video_axes
+from vidinterp.plotting.style import PALETTE
 
 __all__ = ["plot_tracks"]
 
-_PALETTE = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
-            "#bcf60c", "#fabebe", "#008080", "#e6beff", "#9a6324", "#fffac8", "#800000", "#aaffc3")
-
 
 def plot_tracks(tracks: xr.Dataset, video: np.ndarray | None = None, *, trail: int = 6, marker_size: int = 9,
-                size: int = 480):
+                size: int = 480) -> VideoFigure:
     """The video with each point's position (a marker) and its last ``trail`` positions (a line)
-    at every pixel frame; a slider and play button step through the frames. Points predicted
-    occluded (``tracks["occluded"]``) are drawn as hollow markers; hovering shows the point, its
-    position and confidence.
+    at every pixel frame. Points predicted occluded (``tracks["occluded"]``) are drawn as
+    hollow markers; hovering shows the point, its position and confidence.
 
     Args:
-        tracks: a :func:`vidinterp.track` Dataset (``tracks`` ``(point, frame, xy)``).
+        tracks: a :func:`vidinterp.track` Dataset (``tracks`` ``(point, frame, xy)`` in pixels,
+            ``token_frame`` coordinate on ``frame``).
         video: ``uint8 [frames, H, W, 3]``; default the Dataset's ``video``, else no image.
         trail: pixel frames of trail behind each marker (0: none).
-        size: figure width in pixels.
+        marker_size: marker diameter in screen pixels.
+        size: figure width in screen pixels.
+
+    Returns:
+        A :class:`~vidinterp.plotting.animation.VideoFigure`; each frame's traces are the video
+        frame (with a video), one trail line per point, then one scatter of all markers (last).
 
     Positions are the Dataset's continuous pixel coordinates (``[0, W] x [0, H]``); the image's
     pixel ``c`` is drawn over ``[c, c + 1)``, so markers sit where the tracks say.
-    """
-    import plotly.graph_objects as go
 
+    Raises:
+        ValueError: no ``tracks (point, frame, xy)`` variable, or a negative ``trail``.
+    """
     if "tracks" not in tracks or tuple(tracks["tracks"].dims) != ("point", "frame", "xy"):
         raise ValueError("plot_tracks needs a vidinterp.track Dataset with tracks (point, frame, xy)")
+    if int(trail) < 0:
+        raise ValueError(f"trail must be >= 0 pixel frames, got {trail!r}")
     if video is None and "video" in tracks:
         video = np.asarray(tracks["video"].values)
+    video = checked_video(video)
     positions = np.asarray(tracks["tracks"].transpose("point", "frame", "xy").values, dtype=np.float64)
     points, frames = positions.shape[:2]
     occluded = (np.asarray(tracks["occluded"].values, dtype=bool) if "occluded" in tracks
                 else np.zeros((points, frames), dtype=bool))
     confidence = (np.asarray(tracks["confidence"].values, dtype=np.float64) if "confidence" in tracks
                   else np.ones((points, frames)))
-    colours = [_PALETTE[p % len(_PALETTE)] for p in range(points)]
+    colours = [PALETTE[p % len(PALETTE)] for p in range(points)]
     if video is not None:
         height, width = video.shape[1:3]
     else:
@@ -47,9 +62,7 @@ def plot_tracks(tracks: xr.Dataset, video: np.ndarray | None = None, *, trail: i
         width = int(np.ceil(max(positions[..., 0].max(), 1)))
 
     def data(t: int) -> list:
-        shown = []
-        if video is not None:
-            shown.append(go.Image(z=video[min(t, len(video) - 1)], x0=0.5, y0=0.5, dx=1, dy=1, hoverinfo="skip"))
+        shown = [] if video is None else [frame_image(video[min(t, len(video) - 1)])]
         start = max(0, t - trail)
         for p in range(points):
             shown.append(go.Scatter(x=positions[p, start:t + 1, 0], y=positions[p, start:t + 1, 1], mode="lines",
@@ -63,19 +76,14 @@ def plot_tracks(tracks: xr.Dataset, video: np.ndarray | None = None, *, trail: i
                           "<extra></extra>"))
         return shown
 
-    figure = go.Figure(data=data(0), frames=[go.Frame(data=data(t), name=str(t)) for t in range(frames)])
+    names = [str(t) for t in range(frames)]
+    figure = VideoFigure(data=data(0), frames=[go.Frame(data=data(t), name=names[t]) for t in range(frames)])
     token = tracks["token_frame"].values if "token_frame" in tracks.coords else np.arange(frames)
-    steps = [{"args": [[str(t)], {"frame": {"duration": 0, "redraw": True}, "mode": "immediate"}],
-              "label": f"{t} (latent {int(token[t])})", "method": "animate"} for t in range(frames)]
+    labels = [f"px {t} · latent {int(token[t])}" for t in range(frames)]
     title = ", ".join(f"{key} {tracks.attrs[key]}" for key in ("model", "layer", "step") if key in tracks.attrs)
     figure.update_layout(
-        title=title or None,
-        sliders=[{"active": 0, "steps": steps, "currentvalue": {"prefix": "frame: "}}],
-        updatemenus=[{"type": "buttons", "showactive": False, "x": 0.0, "y": -0.08, "buttons": [
-            {"label": "play", "method": "animate",
-             "args": [None, {"frame": {"duration": 120, "redraw": True}, "fromcurrent": True}]}]}],
+        title=title or None, **player_layout(names, labels, prefix="pixel frame: "),
         width=size, height=int(size * height / max(width, 1)) + 160, margin={"l": 10, "r": 10, "t": 40, "b": 10},
     )
-    figure.update_xaxes(range=[0, width], showticklabels=False, showgrid=False, zeroline=False)
-    figure.update_yaxes(range=[height, 0], showticklabels=False, showgrid=False, zeroline=False, scaleanchor="x")
+    video_axes(figure, height, width)
     return figure
