@@ -220,3 +220,39 @@ def test_trace_method_compares_its_own_maps_and_names_unknown_ones(shapes):
     np.testing.assert_array_equal(figure.data[-1].z, direct.data[-1].z)
     with pytest.raises(ValueError, match="no maps named \\['dog_map'\\]"):
         trace.plot_comparison(["dog_map"])
+
+
+def test_sweeps_from_one_trace_equal_the_rows_and_give_each_panel_its_dropdown(shapes):
+    from vidinterp.ablations import sweep_maps, table2_sweeps
+
+    pipe, clip, ablation = shapes
+    panels = table2_sweeps([0, 2], heads=4)
+    sweep = sweep_maps(pipe, clip.frames, clip.caption, clip.concepts, panels, **RENOISE)
+    assert {title: maps.dims[0] for title, maps in sweep.maps.items()} == {
+        "cross attention": "softmax", "ConceptAttention": "softmax", "GramCol": "layers", "IMAP": "k",
+        "IMAP, random heads": "k"}
+    rows = ablation["maps"]
+    pairs = [("IMAP", {"k": 2}, "imap(top2_chi)"), ("IMAP, random heads", {"k": 2}, "imap(random2)"),
+             ("GramCol", {"layers": "all"}, "gramcol_all_layers"), ("GramCol", {"layers": "selected"}, "gramcol+layer_sel"),
+             ("cross attention", {"softmax": "final"}, "cross_attention+softmax")]
+    for title, where, row in pairs:
+        np.testing.assert_allclose(sweep.maps[title].sel(where).values, rows.sel(variant=row).values, rtol=1e-5,
+                                   atol=1e-6, err_msg=title)
+    figure = plot_comparison(sweep.maps, sweep.video, ground_truth=clip)
+    labels = [button.label for menu in figure.layout.updatemenus[1:] for button in menu.buttons]
+    assert labels == ["softmax: none", "softmax: final", "layers: all", "layers: selected", "k: 1", "k: 2", "k: 3", "k: 4"]
+    with pytest.raises(ValueError, match="cannot be named 'method'"):
+        sweep_maps(pipe, clip.frames, clip.caption, clip.concepts, {"x": ("method", panels["IMAP"][1])})
+
+
+def test_a_step_sweep_averages_back_to_the_all_steps_map(shapes):
+    from vidinterp.ablations import sweep_maps, table2_sweeps
+
+    pipe, clip, _ = shapes
+    panels = table2_sweeps([0, 2], heads=4, ks=(3,), steps=(30, 31, 32))
+    sweep = sweep_maps(pipe, clip.frames, clip.caption, clip.concepts, panels, num_renoise_steps=3, **RENOISE)
+    by_step = sweep.maps["IMAP by step"]
+    assert list(by_step["step"].values) == [30, 31, 32] == list(sweep.trace.attrs["analysed_steps"])
+    # every step visits the same layers, so the mean of the per-step maps is the map over all steps
+    np.testing.assert_allclose(by_step.mean("step").values, sweep.maps["IMAP"].sel(k=3).values, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(by_step.sel(step=30).values, by_step.sel(step=32).values)

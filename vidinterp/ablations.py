@@ -13,13 +13,15 @@ Every row is a map method with its own name (the name of its ``Trace.maps`` vari
 ======================================  ==============================================================
 
 each once per ``softmax`` choice: ``"none"`` as named, ``"final"`` (softmax over concepts of the
-averaged map) with the suffix ``+softmax``. The core reaches the methods through the registry
+averaged map) with the suffix ``+softmax``. :func:`table2_sweeps` and :func:`sweep_maps` give the
+same rows as comparison-view panels that each sweep one setting (softmax, layer subset, ``k``,
+denoising step) along a dim, all from one trace. The core reaches the methods through the registry
 (``cross_attention``, ``concept_attention``, ``gramcol``), so this module imports no analysis.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import xarray as xr
@@ -31,7 +33,8 @@ from vidinterp.selectors import AllLayers, LayerIndices
 if TYPE_CHECKING:
     from vidinterp.analysis import Analysis
 
-__all__ = ["SOFTMAX_SUFFIXES", "ablation_analyses", "ablation_maps", "calibrated_layers"]
+__all__ = ["SOFTMAX_SUFFIXES", "ablation_analyses", "ablation_maps", "calibrated_layers", "Sweep", "table2_sweeps",
+           "sweep_maps"]
 
 #: ``concept_softmax`` of each row variant -> the suffix of its name
 SOFTMAX_SUFFIXES = {"none": "", "final": "+softmax"}
@@ -142,3 +145,100 @@ def ablation_maps(model: Any, video: Any, prompt: str, concepts: Sequence[str], 
         dataset["video"] = (("pixel_frame", "height", "width", "rgb"), result.video)
     dataset.attrs = {**result.attrs, "selected_layers": sorted(set(layers)), "ks": ks, "seed": int(seed)}
     return dataset
+
+
+class Sweep(NamedTuple):
+    """Maps of several panels from one trace, each swept along its own dim (:func:`sweep_maps`).
+
+    Attributes:
+        maps: ``{panel title: DataArray (dim, concept, frame, y, x)}`` with the maps' coordinates;
+            ``plot_comparison(sweep.maps, sweep.video)`` gives each panel a dropdown over its dim.
+        video: ``uint8 [pixel_frames, height, width, 3]`` the maps belong to, or ``None``.
+        trace: the one :class:`~vidinterp.Trace` they come from.
+    """
+
+    maps: dict[str, xr.DataArray]
+    video: np.ndarray | None
+    trace: Any
+
+
+def table2_sweeps(selected_layers: Sequence[int], heads: int, *, ks: Iterable[int] | None = None,
+                  layer_subsets: Mapping[str, Sequence[int]] | None = None, steps: Iterable[int] = (),
+                  k: int | None = None, seed: int = 0) -> dict[str, tuple[str, dict[Any, "Analysis"]]]:
+    """The Table 2 rows as panels with the settings one sweeps as their dim (for :func:`sweep_maps`):
+
+    * ``"cross attention"``, ``"ConceptAttention"``: dim ``softmax`` (``"none"``, ``"final"``);
+    * ``"GramCol"``: dim ``layers``, the ``layer_subsets`` (default ``"all"`` and ``"selected"``);
+    * ``"IMAP"``, ``"IMAP, random heads"``: dim ``k`` over ``ks`` (default ``1..heads``): the
+      selected layers with the top-``k`` heads by CHI, or ``k`` random heads (``seed``);
+    * ``"IMAP by step"`` when ``steps`` are given: dim ``step``, IMAP (top-``k`` heads, default the
+      largest of ``ks`` below ``heads``) restricted to each analysed schedule index.
+
+    Raises:
+        ValueError: no selected layer, or a ``k`` outside ``1..heads``.
+    """
+    from vidinterp.selectors import StepIndices
+
+    layers = sorted({int(layer) for layer in selected_layers})
+    if not layers:
+        raise ValueError("selected_layers is empty: give the layers that layer selection and IMAP keep")
+    ks = list(range(1, heads + 1)) if ks is None else [int(value) for value in ks]
+    if not ks or any(not 1 <= value <= heads for value in ks):
+        raise ValueError(f"ks must be head counts in 1..{heads} (the model's heads per layer), got {ks}")
+    subsets = {"all": None, "selected": layers} if layer_subsets is None else dict(layer_subsets)
+    methods = analysis_classes()
+    cross, concept, gramcol = methods["cross_attention"], methods["concept_attention"], methods["gramcol"]
+
+    def layer_selector(subset: Sequence[int] | None):
+        return AllLayers() if subset is None else LayerIndices(subset)
+
+    panels: dict[str, tuple[str, dict[Any, Analysis]]] = {
+        "cross attention": ("softmax", {choice: cross(concept_softmax=choice) for choice in SOFTMAX_SUFFIXES}),
+        "ConceptAttention": ("softmax", {choice: concept(concept_softmax=choice) for choice in SOFTMAX_SUFFIXES}),
+        "GramCol": ("layers", {label: gramcol(layers=layer_selector(subset)) for label, subset in subsets.items()}),
+        "IMAP": ("k", {value: gramcol(layers=LayerIndices(layers), heads=TopKHeads("chi", k=value)) for value in ks}),
+        "IMAP, random heads": ("k", {value: gramcol(layers=LayerIndices(layers), heads=RandomHeads(k=value, seed=seed))
+                                     for value in ks}),
+    }
+    steps = [int(step) for step in steps]
+    if steps:
+        chosen = k if k is not None else max([value for value in ks if value < heads] or ks)
+        panels["IMAP by step"] = ("step", {step: gramcol(layers=LayerIndices(layers), steps=StepIndices([step]),
+                                                         heads=TopKHeads("chi", k=chosen)) for step in steps})
+    return panels
+
+
+def sweep_maps(model: Any, video: Any, prompt: str, concepts: Sequence[str],
+               panels: Mapping[str, tuple[str, Mapping[Any, "Analysis"]]], **trace_options: Any) -> Sweep:
+    """Every analysis of every panel from ONE :func:`vidinterp.trace` call, each panel's maps
+    stacked along its dim.
+
+    Args:
+        model, video, prompt, concepts, trace_options: as :func:`vidinterp.trace` takes them.
+        panels: ``{title: (dim, {value: map analysis})}``, e.g. :func:`table2_sweeps`; each
+            analysis is renamed (``"<title> · <dim>=<value>"``) so their names are distinct.
+
+    Raises:
+        ValueError: an empty panel, or a dim named ``method`` (``DataArray.sel(method=...)`` is
+            xarray's fill-method argument) or like a map dim.
+    """
+    from vidinterp.plotting.overlays import MAP_DIMS
+    from vidinterp.trace import trace
+
+    named: dict[str, tuple[str, Any, Analysis]] = {}
+    for title, (dim, analyses) in panels.items():
+        if not analyses:
+            raise ValueError(f"panel {title!r} sweeps no values of {dim!r}")
+        if dim == "method" or dim in MAP_DIMS:
+            raise ValueError(f"panel {title!r}: a sweep dim cannot be named {dim!r} (the map dims are {MAP_DIMS}, and "
+                             f"DataArray.sel(method=...) is xarray's fill-method argument); use e.g. 'variant'")
+        for value, analysis in analyses.items():
+            named[f"{title} · {dim}={value}"] = (title, value, _named(analysis, f"{title} · {dim}={value}"))
+    result = trace(model, video=video, prompt=prompt, concepts=list(concepts),
+                   analyses=[analysis for _, _, analysis in named.values()], **trace_options)
+    maps = {}
+    for title, (dim, analyses) in panels.items():
+        names = [name for name, (panel, _, _) in named.items() if panel == title]
+        maps[title] = xr.concat([result.maps[name].drop_attrs() for name in names], dim=dim, coords="minimal",
+                                compat="override", join="exact").assign_coords({dim: list(analyses)})
+    return Sweep(maps, result.video, result)
