@@ -308,6 +308,20 @@ def test_image_benchmarks_leave_out_and_refuse_the_methods_that_compare_frames()
     for name in ("imagenet_seg", "voc2012"):
         assert get_task(name).methods(None) == ["cross_attention", "concept_attention", "gramcol_all_layers",
                                                 "gramcol+layer_sel"]
-        with pytest.raises(ValueError, match=r"\['imap\+softmax'\] rank heads by how they separate frames"):
-            get_task(name).methods(["cross_attention", "imap+softmax"])
+        with pytest.raises(ValueError, match=r"\['imap\+softmax', 'imap\(random2\)'\] rank heads by how they"):
+            get_task(name).methods(["cross_attention", "imap+softmax", "imap(random2)"])
     assert "imap" in get_task("vspw").methods(None)
+
+
+def test_rows_named_with_a_head_count_build_the_ablation_rows():
+    from vidinterp.evaluation.methods import check_methods, method_analyses
+
+    top, all_layers, random = method_analyses(["imap(top2_chi)", "imap_all_layers(top3_chi)+softmax", "imap(random2)"])
+    assert (top.name, repr(top.heads), top.concept_softmax) == ("imap(top2_chi)", "TopKHeads('chi', k=2, at_most_heads=True)",
+                                                               "none")
+    assert type(top.layers).__name__ == "Lambda2Layers"  # IMAP's layer selection
+    assert (repr(all_layers.heads), type(all_layers.layers).__name__, all_layers.concept_softmax) == (
+        "TopKHeads('chi', k=3, at_most_heads=True)", "AllLayers", "final")
+    assert repr(random.heads) == "RandomHeads(k=2, seed=0)" and type(random.layers).__name__ == "Lambda2Layers"
+    with pytest.raises(ValueError, match=r"unknown map methods \['imap\(top0_chi\)', 'imap\(best2\)'\]"):
+        check_methods(["imap(top0_chi)", "imap(best2)"])

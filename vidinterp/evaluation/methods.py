@@ -10,7 +10,11 @@ as the core reaches analyses):
   ``Lambda2Layers(fallback="all")``: the lambda2-selected layers (the model's calibration or
   reference list; all layers when it has neither);
 * ``gramcol+head_sel``: ``GramCol(layers=AllLayers(), heads=TopKHeads("chi", k=5))``;
-* ``imap``: both (the registered class).
+* ``imap``: both (the registered class);
+* with a head count ``k`` in the name, as :mod:`vidinterp.ablations` names the rows:
+  ``imap(top{k}_chi)`` (IMAP with ``k`` heads), ``imap_all_layers(top{k}_chi)`` (head selection
+  over all layers) and ``imap(random{k})`` (IMAP's layers with ``k`` random heads, seed 0: the
+  control).
 
 Any of them with the suffix ``+softmax`` runs with ``concept_softmax="final"``. The map
 variable a method writes in ``trace.maps`` is named after the method.
@@ -19,11 +23,12 @@ variable a method writes in ``trace.maps`` is named after the method.
 from __future__ import annotations
 
 import inspect
+import re
 from typing import Callable
 
 from vidinterp.analysis import Analysis
 
-__all__ = ["VARIANTS", "SOFTMAX_SUFFIX", "method_analyses", "check_methods"]
+__all__ = ["VARIANTS", "K_VARIANTS", "SOFTMAX_SUFFIX", "method_analyses", "check_methods"]
 
 SOFTMAX_SUFFIX = "+softmax"
 
@@ -61,12 +66,45 @@ VARIANTS: dict[str, Callable[[str], Analysis]] = {
 }
 
 
+def _imap_top(k: int, softmax: str) -> Analysis:
+    from vidinterp.registry import analysis_classes
+
+    return analysis_classes()["imap"](k=k, concept_softmax=softmax)
+
+
+def _imap_all_layers_top(k: int, softmax: str) -> Analysis:
+    from vidinterp.kernels.heads import TopKHeads
+    from vidinterp.selectors import AllLayers
+
+    return _gramcol(layers=AllLayers(), heads=TopKHeads("chi", k=k, at_most_heads=True), concept_softmax=softmax)
+
+
+def _imap_random(k: int, softmax: str) -> Analysis:
+    from vidinterp.kernels.heads import RandomHeads
+    from vidinterp.registry import analysis_classes
+
+    return analysis_classes()["imap"](heads=RandomHeads(k=k, seed=0), concept_softmax=softmax)
+
+
+#: The rows with a head count in their name, as :mod:`vidinterp.ablations` names them:
+#: pattern -> builder(k, concept_softmax).
+K_VARIANTS: dict[re.Pattern, Callable[[int, str], Analysis]] = {
+    re.compile(r"imap\(top(\d+)_chi\)"): _imap_top,
+    re.compile(r"imap_all_layers\(top(\d+)_chi\)"): _imap_all_layers_top,
+    re.compile(r"imap\(random(\d+)\)"): _imap_random,
+}
+
+
 def _builder(method: str) -> Callable[[str], Analysis] | None:
     from vidinterp.registry import analysis_classes
 
     base = method.removesuffix(SOFTMAX_SUFFIX)
     if base in VARIANTS:
         return VARIANTS[base]
+    for pattern, build in K_VARIANTS.items():
+        match = pattern.fullmatch(base)
+        if match and int(match.group(1)) >= 1:
+            return lambda softmax, k=int(match.group(1)), build=build: build(k, softmax)
     classes = analysis_classes()
     if base in classes and _is_map_method(classes[base]):
         return lambda softmax: classes[base](concept_softmax=softmax)
@@ -92,8 +130,8 @@ def check_methods(methods: list[str]) -> list[str]:
     unknown = [method for method in methods if _builder(method) is None]
     if unknown:
         known = sorted({*VARIANTS, *(name for name, cls in analysis_classes().items() if _is_map_method(cls))})
-        raise ValueError(f"unknown map methods {unknown}; known: {known} (each also with the suffix "
-                         f"{SOFTMAX_SUFFIX!r})")
+        raise ValueError(f"unknown map methods {unknown}; known: {known} and imap(top<k>_chi), "
+                         f"imap_all_layers(top<k>_chi), imap(random<k>) (each also with the suffix {SOFTMAX_SUFFIX!r})")
     return methods
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from vidinterp.datasets.records import ClipRecord
 
 __all__ = ["ClipScores", "Task", "MapTask", "ShapesTask", "MevisTask", "SegmentationTask", "TrackingTask",
-           "TASKS", "get_task", "BACKGROUND_THRESHOLD", "DEFAULT_METHODS", "FRAME_METHODS"]
+           "TASKS", "get_task", "BACKGROUND_THRESHOLD", "DEFAULT_METHODS", "FRAME_METHODS", "compares_frames"]
 
 #: Normalised map value under which a pixel is background in the multi-class segmentation.
 BACKGROUND_THRESHOLD = 0.5
@@ -58,6 +58,14 @@ DEFAULT_METHODS = ("cross_attention", "concept_attention", "gramcol_all_layers",
                    "gramcol+head_sel", "imap")
 #: Methods that select heads by how they separate frames: they need two latent frames (not images).
 FRAME_METHODS = ("gramcol+head_sel", "imap")
+
+
+def compares_frames(method: str) -> bool:
+    """Whether ``method`` needs two latent frames: a :data:`FRAME_METHODS` row or any IMAP row
+    (``imap(top<k>_chi)``, ``imap_all_layers(top<k>_chi)``, ``imap(random<k>)``), with or without
+    ``+softmax``."""
+    base = method.removesuffix("+softmax")
+    return base in FRAME_METHODS or base.startswith("imap")
 
 
 @dataclass
@@ -244,7 +252,7 @@ class SegmentationTask(MapTask):
         if not self.images:
             return super().methods(requested)
         if requested:
-            needing_frames = [method for method in requested if method.removesuffix("+softmax") in FRAME_METHODS]
+            needing_frames = [method for method in requested if compares_frames(method)]
             if needing_frames:
                 raise ValueError(f"{needing_frames} rank heads by how they separate frames, and {self.name} clips are "
                                  f"images (one latent frame); choose among the others, e.g. "
