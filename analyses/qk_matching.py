@@ -71,8 +71,11 @@ class QKMatching(Analysis):
         missing = grid < 0
         dims = ("concept", "frame", "layer", "head", "step")
         coords = {**map_coords(layout, self.context.concepts), "layer": layers, "head": list(range(grid.shape[3])), "step": steps}
-        y = xr.DataArray((local // layout.width).clip(min=-1), dims=dims)
-        x = xr.DataArray(local % layout.width, dims=dims)
+        # the token grid's pixel geometry: the positions' own dims carry no y/x coordinate
+        grid_attrs = {"grid_height": layout.height, "grid_width": layout.width,
+                      "pixels_per_token_y": layout.pixels_per_token[0], "pixels_per_token_x": layout.pixels_per_token[1]}
+        y = xr.DataArray((local // layout.width).clip(min=-1), dims=dims, attrs=grid_attrs)
+        x = xr.DataArray(local % layout.width, dims=dims, attrs=grid_attrs)
         dataset = xr.Dataset({"surrogate_y": y.where(~missing, -1), "surrogate_x": x.where(~missing, -1)}, coords=coords)
         if self.keep_maps:
             stacked = torch.stack([self.map_sums[layer] / self.map_counts[layer] for layer in sorted(self.map_sums)])

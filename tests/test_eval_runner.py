@@ -325,3 +325,37 @@ def test_rows_named_with_a_head_count_build_the_ablation_rows():
     assert repr(random.heads) == "RandomHeads(k=2, seed=0)" and type(random.layers).__name__ == "Lambda2Layers"
     with pytest.raises(ValueError, match=r"unknown map methods \['imap\(top0_chi\)', 'imap\(best2\)'\]"):
         check_methods(["imap(top0_chi)", "imap(best2)"])
+
+
+def test_a_run_killed_with_sigkill_resumes_without_redoing_finished_clips(dataset, tmp_path):
+    """A real kill (SIGKILL, no clean-up) of `vidinterp eval` after its first result file: every
+    file left is a complete result, and the rerun finishes the rest without touching them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-m", "vidinterp", "eval", "shapes", "--data", str(dataset), "--model", "zoo:shapes",
+               "--methods", "cross_attention", "--out", str(tmp_path), "--no-progress", "--cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    clips = tmp_path / "clips"
+    deadline = time.monotonic() + 240
+    while not (clips.is_dir() and any(clips.glob("*.json"))):
+        assert run.poll() is None, run.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no result file within 240 s"
+        time.sleep(0.01)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    finished = sorted(clips.glob("*.json"))
+    assert 1 <= len(finished) < 4, "the kill must land mid-run"
+    stamps = {path.name: _stamp(path) for path in finished}
+    assert all(read_result(path)["clip_id"] == path.stem for path in finished)  # complete JSON, nothing half-written
+
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{len(finished)} skipped" in rerun.stdout
+    assert {path.name: _stamp(path) for path in finished} == stamps
+    assert sorted(path.name for path in clips.iterdir()) == [f"clip_{i:05d}.json" for i in range(4)]
+    assert "3 clips scored, 1 errors" in (tmp_path / "table.md").read_text()

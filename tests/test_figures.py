@@ -213,12 +213,19 @@ def test_qk_markers_sit_at_the_surrogate_cell_centres(planted):
     assert "Plotly.animate(" not in figure.to_html(include_plotlyjs=False)
 
 
-def test_qk_peaks_need_the_token_grid(planted):
+def test_qk_peaks_read_the_token_grid_the_analysis_recorded(planted, tmp_path):
     from vidinterp.plotting import plot_qk_peaks
 
     trace, _, _ = planted
+    recorded = plot_qk_peaks(trace.diagnostics, trace.video)  # grid attrs on surrogate_y: 8 px per token
+    from_maps = plot_qk_peaks(trace.diagnostics, trace.video, grid=trace.maps)
+    np.testing.assert_array_equal(recorded.frames[4].data[1].x, from_maps.frames[4].data[1].x)
+    loaded = vidinterp.Trace.load(trace.save(tmp_path / "trace.nc"))  # the attrs survive a file
+    np.testing.assert_array_equal(loaded.plot_qk_peaks().frames[4].data[1].y, from_maps.frames[4].data[1].y)
+    older = trace.diagnostics.copy(deep=True)
+    older["surrogate_y"].attrs = {}  # a file from before the attrs: the grid must be given
     with pytest.raises(ValueError, match="grid=trace.maps"):
-        plot_qk_peaks(trace.diagnostics, trace.video)
+        plot_qk_peaks(older, trace.video)
     with pytest.raises(ValueError, match="unknown layers"):
         trace.plot_qk_peaks(layers=[7])
 

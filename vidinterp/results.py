@@ -115,8 +115,7 @@ class Trace:
         :func:`vidinterp.plotting.plot_qk_peaks`."""
         from vidinterp.plotting import plot_qk_peaks
 
-        return plot_qk_peaks(self.diagnostics, self.video, grid=self.maps if "y_pixel" in self.maps.coords else None,
-                             **kwargs)
+        return plot_qk_peaks(self.diagnostics, self.video, **kwargs)
 
     def plot_head_embeddings(self, layer: int | None = None, step: int | None = None, heads: Iterable[int] | None = None,
                              *, cols: int = 4, **pacmap_options: Any) -> "go.Figure":

@@ -71,6 +71,23 @@ def peak_positions(diagnostics: xr.Dataset, cell: tuple[int, int], *, step: int 
     return xr.Dataset(positions, attrs={"step": step})
 
 
+def _grid_geometry(diagnostics: xr.Dataset, grid: xr.Dataset | xr.DataArray | None) -> tuple[tuple[int, int], int, int]:
+    """``((pixels per token y, x), height, width)``: from ``grid``'s ``y_pixel``/``x_pixel``
+    coordinates when given, else from those of ``diagnostics``, else from the grid attrs
+    ``QKMatching`` records on ``surrogate_y``."""
+    source = grid if grid is not None else diagnostics
+    if "y_pixel" in source.coords and "x_pixel" in source.coords:
+        cell = pixels_per_token(source)
+        return cell, source.sizes["y"] * cell[0], source.sizes["x"] * cell[1]
+    attrs = diagnostics["surrogate_y"].attrs if "surrogate_y" in diagnostics else {}
+    if grid is None and {"grid_height", "grid_width", "pixels_per_token_y", "pixels_per_token_x"} <= set(attrs):
+        cell = (int(attrs["pixels_per_token_y"]), int(attrs["pixels_per_token_x"]))
+        return cell, int(attrs["grid_height"]) * cell[0], int(attrs["grid_width"]) * cell[1]
+    raise ValueError("no token-grid geometry: the diagnostics have no y_pixel/x_pixel coordinates or grid attrs "
+                     "(a trace file from before they were recorded): pass grid=trace.maps (any traced map with the "
+                     "same token grid)")
+
+
 def plot_qk_peaks(diagnostics: xr.Dataset, video: np.ndarray | None = None, *,
                   grid: xr.Dataset | xr.DataArray | None = None, concepts: Iterable[str] | None = None,
                   layers: Iterable[int] | None = None, heads: Iterable[int] | None = None,
@@ -84,7 +101,8 @@ def plot_qk_peaks(diagnostics: xr.Dataset, video: np.ndarray | None = None, *,
         diagnostics: ``Trace.diagnostics`` with ``surrogate_y``/``surrogate_x``.
         video: ``uint8 [pixel_frames, height, width, 3]``; without it, markers on an empty frame.
         grid: where the token grid's pixel geometry is read (``y_pixel``/``x_pixel``
-            coordinates, e.g. ``Trace.maps``) when ``diagnostics`` lacks it.
+            coordinates, e.g. ``Trace.maps``); default: the grid attrs ``QKMatching`` records
+            on ``surrogate_y`` (needed only for trace files written before them).
         concepts, layers, heads: subsets (default: all); step: schedule index (default: last).
         marker_size: marker diameter in screen pixels; cell_size: panel height in screen pixels.
 
@@ -97,12 +115,7 @@ def plot_qk_peaks(diagnostics: xr.Dataset, video: np.ndarray | None = None, *,
         ValueError: no surrogate positions, no pixel geometry, unknown subsets, or a video
             whose size is not the token grid's.
     """
-    source = diagnostics if "y_pixel" in diagnostics.coords else grid
-    if source is None or "y_pixel" not in source.coords or "x_pixel" not in source.coords:
-        raise ValueError("no y_pixel/x_pixel coordinates on the diagnostics or grid: pass grid=trace.maps (any "
-                         "traced map with the same token grid)")
-    cell = pixels_per_token(source)
-    height, width = source.sizes["y"] * cell[0], source.sizes["x"] * cell[1]
+    cell, height, width = _grid_geometry(diagnostics, grid)
     positions = peak_positions(diagnostics, cell, step=step, layers=layers, heads=heads)
     names = list(diagnostics.concept.values)
     concepts = names if concepts is None else list(concepts)
