@@ -125,6 +125,7 @@ def track_command(args: argparse.Namespace) -> int:
     import numpy as np
 
     import vidinterp
+    from vidinterp.inputs import load_model
     from vidinterp.registry import adapter_for
     from vidinterp.plotting import plot_tracks
     from vidinterp.tracking_metrics import evaluation_mask, pck, tapvid_metrics
@@ -138,7 +139,7 @@ def track_command(args: argparse.Namespace) -> int:
             temperature = float(temperature)
         except ValueError:
             raise ValueError(f"--temperature must be sqrt_head_dim, sqrt_heads or a number, got {temperature!r}") from None
-    pipe = _pipeline(args.model)
+    pipe = load_model(args.model)
     points, clip, video, prompt = _points(args.points), None, args.video, args.prompt
     if video is None and prompt is None:
         clip = _demo_clip(args.model, adapter_for(pipe).default_geometry(), args.seed)
@@ -169,20 +170,6 @@ def track_command(args: argparse.Namespace) -> int:
               f"TAP-Vid delta_avg {scores['delta_avg']:.3f}")
     print(f"wrote {html} and {netcdf} in {time.perf_counter() - started:.1f} s")
     return 0
-
-
-def _pipeline(model: str):
-    from vidinterp.inputs import load_pipeline
-
-    if model.startswith("tiny-"):
-        from vidinterp.testing import tiny_pipeline
-
-        return tiny_pipeline(model.removeprefix("tiny-"))
-    if model.startswith("zoo:"):
-        import vidinterp
-
-        return vidinterp.zoo.load(model.removeprefix("zoo:"))
-    return load_pipeline(model)
 
 
 def _demo_clip(model: str, geometry: tuple[int, int, int], seed: int):
@@ -276,13 +263,14 @@ def _notes_shown(show):
 
 def run(args: argparse.Namespace) -> int:
     import vidinterp
+    from vidinterp.inputs import load_model
     from vidinterp.registry import adapter_for
     from vidinterp.video import VideoResampledWarning
 
     started = time.perf_counter()
     out = Path(args.out)
     _check_out(out)
-    pipe = _pipeline(args.model)
+    pipe = load_model(args.model)
     adapter = adapter_for(pipe)
     given = (args.num_frames, args.height, args.width)
     geometry = tuple(size if size is not None else native for size, native in zip(given, adapter.default_geometry()))

@@ -1,13 +1,17 @@
-"""User inputs: pipelines (objects or local paths) and concept lists, validated with errors
-that name what was expected (videos: :mod:`vidinterp.video`)."""
+"""User inputs: pipelines (objects, local paths, or the command line's ``zoo:``/``tiny-`` names)
+and concept lists, validated with errors that name what was expected (videos:
+:mod:`vidinterp.video`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from os import PathLike
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["load_pipeline", "validate_concepts"]
+__all__ = ["load_pipeline", "load_model", "validate_concepts", "OFFLOAD_MODES", "DTYPES"]
+
+OFFLOAD_MODES = ("none", "model", "sequential")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def load_pipeline(model: Any):
@@ -41,16 +45,81 @@ def load_pipeline(model: Any):
     return model
 
 
-def _from_pretrained(model: str | PathLike):
+def _from_pretrained(model: str | PathLike, **options: Any):
+    """``DiffusionPipeline.from_pretrained(model, local_files_only=True, **options)``, with an
+    ``OSError`` that says vidinterp never downloads."""
     from diffusers import DiffusionPipeline
 
     try:
-        return DiffusionPipeline.from_pretrained(str(model), local_files_only=True)
+        return DiffusionPipeline.from_pretrained(str(model), local_files_only=True, **options)
     except (OSError, ValueError) as error:
         raise OSError(
             f"could not load pipeline {str(model)!r} from local files ({error}); vidinterp never "
             f"downloads weights: pass a local directory or a model id present in the cache"
         ) from error
+
+
+def load_model(spec: str, device: Any = "cpu", *, dtype: str | None = None, device_map: str | None = None,
+               offload: Literal["none", "model", "sequential"] = "none"):
+    """The pipeline ``spec`` names, placed on ``device`` (what ``vidinterp run`` and ``vidinterp
+    eval`` load; each process of a sharded run loads it once, on its own device).
+
+    ``spec`` is ``zoo:<name>`` (a trained model of ``vidinterp.zoo``), ``tiny-<family>`` (an
+    offline tiny pipeline with random weights, :func:`vidinterp.testing.tiny_pipeline`) or a local
+    pipeline folder / cached model id (``DiffusionPipeline.from_pretrained``, never downloading).
+
+    Large models (a local pipeline only):
+
+    * ``dtype``: ``"bfloat16"``, ``"float16"`` or ``"float32"`` (``torch_dtype`` of the load);
+    * ``device_map``: passed to ``from_pretrained(device_map=...)`` (e.g. ``"balanced"`` spreads
+      the components over the visible accelerators); the pipeline is then not moved;
+    * ``offload``: ``"model"`` runs ``pipe.enable_model_cpu_offload(device=device)`` (each
+      component moves to the device while it runs), ``"sequential"``
+      ``enable_sequential_cpu_offload(device=device)`` (sub-module by sub-module: least memory,
+      slowest).
+
+    Tracing works with all of them: it computes on :attr:`vidinterp.adapter.Adapter.device`, the
+    transformer's execution device when offloading hooks hold its weights elsewhere
+    (``tests/test_gpu_readiness.py`` checks CPU offload, group offloading and device maps against
+    the plain run). Without any of them the pipeline is moved to ``device``.
+
+    Raises:
+        ValueError: an unknown ``offload``/``dtype``, or ``device_map``/``offload``/``dtype`` with
+            a zoo or tiny model, or ``device_map`` together with ``offload``.
+        OSError: a local pipeline that cannot be loaded.
+    """
+    import torch
+
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be one of {list(OFFLOAD_MODES)}, got {offload!r}")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    if device_map is not None and offload != "none":
+        raise ValueError(f"give device_map ({device_map!r}) or offload ({offload!r}), not both")
+    builtin = spec.startswith(("zoo:", "tiny-"))
+    if builtin and (device_map is not None or offload != "none" or dtype is not None):
+        raise ValueError(f"device_map, offload and dtype apply to local pipelines, not to {spec!r}")
+    if spec.startswith("zoo:"):
+        import vidinterp
+
+        return vidinterp.zoo.load(spec.removeprefix("zoo:"), device=str(device))
+    if spec.startswith("tiny-"):
+        from vidinterp.testing import tiny_pipeline
+
+        return tiny_pipeline(spec.removeprefix("tiny-")).to(device)
+    options: dict[str, Any] = {}
+    if dtype is not None:
+        options["torch_dtype"] = getattr(torch, dtype)
+    if device_map is not None:
+        options["device_map"] = device_map
+    pipe = _from_pretrained(spec, **options)
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif device_map is None:
+        pipe = pipe.to(device)
+    return pipe
 
 
 def validate_concepts(concepts: Iterable[str]) -> list[str]:

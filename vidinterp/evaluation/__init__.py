@@ -8,8 +8,8 @@
 * :mod:`~vidinterp.evaluation.methods`: method names (and the IMAP paper's ablation variants);
 * :mod:`~vidinterp.evaluation.aggregate`: means, bootstrap intervals, markdown/CSV tables and
   per-clip netCDF/zarr;
-* :mod:`~vidinterp.evaluation.models`, :mod:`~vidinterp.evaluation.sharding`: loading the model
-  once per process, and which clips each process takes;
+* :mod:`~vidinterp.evaluation.sharding`: which clips each process takes (each loads the model
+  once, :func:`vidinterp.inputs.load_model`);
 * :mod:`~vidinterp.evaluation.command`: ``vidinterp eval``.
 
 Submodules import lazily (``vidinterp.evaluation.judge`` and ``.mls`` need no torch).

@@ -19,7 +19,7 @@ __all__ = ["add_eval_parser", "eval_command"]
 def add_eval_parser(commands) -> None:
     """The ``eval`` subcommand's arguments."""
     from vidinterp.evaluation.aggregate import DEFAULT_RESAMPLES
-    from vidinterp.evaluation.models import DTYPES, OFFLOAD_MODES
+    from vidinterp.inputs import DTYPES, OFFLOAD_MODES
     from vidinterp.evaluation.tasks import DEFAULT_METHODS, TASKS
 
     evaluate = commands.add_parser("eval", help="evaluate map methods (or tracking) on a dataset; one result file "
@@ -89,7 +89,7 @@ def _open_source(benchmark: str, data: str, options: dict[str, object]):
 def eval_command(args: argparse.Namespace) -> int:
     """Run ``vidinterp eval`` (module docstring); returns the exit status."""
     from vidinterp.evaluation.aggregate import aggregate, write_outputs
-    from vidinterp.evaluation.models import load_model
+    from vidinterp.inputs import load_model
     from vidinterp.evaluation.runner import evaluate, read_result, result_path, selected_clips
     from vidinterp.evaluation.sharding import process_state
     from vidinterp.evaluation.tasks import TrackingTask, get_task

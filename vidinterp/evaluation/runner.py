@@ -171,7 +171,7 @@ def evaluate(benchmark: str, source: ClipSource, model: Any, methods: Sequence[s
         benchmark: a task name of :data:`vidinterp.evaluation.tasks.TASKS`.
         source: the dataset (``vidinterp.datasets.open_dataset(name, path)`` or a
             :class:`~vidinterp.datasets.shapes_source.ShapesSource`).
-        model: a loaded diffusers pipeline (:func:`vidinterp.evaluation.models.load_model`).
+        model: a loaded diffusers pipeline (:func:`vidinterp.inputs.load_model`).
         methods: map method names (:mod:`vidinterp.evaluation.methods`) or, for the tracking
             benchmarks, trackers; ``None``: the task's defaults.
         out_dir: the run's folder; result files go to ``out_dir/clips``.
