@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from vidinterp.results import Trace
 
 __all__ = ["FORMAT_VERSION", "FORMAT_VERSION_ATTR", "PACKAGE_VERSION_ATTR", "VIDEO_GROUP", "ZARR_SUFFIX",
-           "write_trace", "read_trace", "file_format_version", "netcdf_ready", "atomic_output"]
+           "write_trace", "read_trace", "file_format_version", "netcdf_ready", "atomic_output",
+           "atomic_folder"]
 
 #: The format version :func:`write_trace` writes; :func:`read_trace` reads versions 1 to this.
 FORMAT_VERSION = 2
@@ -193,9 +194,9 @@ def _groups_to_write(trace: "Trace") -> Iterator[tuple[str, xr.Dataset]]:
 
 
 def _write_zarr(trace: "Trace", path: Path) -> Path:
-    """Write ``trace`` as a zarr store at ``path``: into a temporary folder next to it, then
-    swapped into place (an earlier store is moved aside, the new one renamed in, the old one
-    deleted; a failure before the swap completes puts the earlier store back)."""
+    """Write ``trace`` as a zarr store at ``path`` through :func:`atomic_folder` (an earlier store
+    stays intact if anything fails); something at ``path`` that is not a vidinterp store is never
+    replaced."""
     import zarr
 
     if path.exists() or path.is_symlink():
@@ -203,14 +204,31 @@ def _write_zarr(trace: "Trace", path: Path) -> Path:
             raise FileExistsError(f"cannot save the trace to {path}: something that is not a vidinterp zarr store is "
                                   f"there, and it is never replaced; remove it or choose another path ending in "
                                   f"{ZARR_SUFFIX}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _create_temporary(path, folder=True)
-    aside = None
-    try:
+    with atomic_folder(path, what="saving the trace") as temporary:
         root = zarr.open_group(str(temporary), mode="w", zarr_format=_ZARR_FORMAT)
         root.attrs.update({FORMAT_VERSION_ATTR: FORMAT_VERSION, PACKAGE_VERSION_ATTR: _package_version()})
         for group, dataset in _groups_to_write(trace):
             dataset.to_zarr(str(temporary), group=group, mode="a", consolidated=False, zarr_format=_ZARR_FORMAT)
+    return path
+
+
+@contextmanager
+def atomic_folder(path: str | PathLike, *, what: str = "writing") -> Iterator[Path]:
+    """Write a folder (e.g. a zarr store) atomically: yield a new empty temporary folder next to
+    ``path``; when the block ends without error, swap it into place (an earlier folder at ``path``
+    is moved aside, the new one renamed in, the old one deleted). If the block or the swap
+    raises, the temporary folder is removed, an earlier folder at ``path`` is put back unchanged,
+    and the error propagates with a note ``"vidinterp: {what} to {path} failed; ..."``.
+
+    >>> with atomic_folder("out/scores.zarr", what="writing the scores") as temporary:
+    ...     dataset.to_zarr(temporary)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _create_temporary(path, folder=True)
+    aside = None
+    try:
+        yield temporary
         if path.exists():
             aside = _create_temporary(path, folder=True)
             os.replace(path, aside)
@@ -222,13 +240,12 @@ def _write_zarr(trace: "Trace", path: Path) -> Path:
         shutil.rmtree(temporary, ignore_errors=True)
         if aside is not None:
             shutil.rmtree(aside, ignore_errors=True)
-        _add_note(error, f"vidinterp: saving the trace to {path} failed; no store was written there (an earlier store "
-                         "at that path is unchanged)")
+        _add_note(error, f"vidinterp: {what} to {path} failed; no store was written there (an earlier store at that "
+                         "path is unchanged)")
         raise
     if aside is not None:
         shutil.rmtree(aside)
     _sync_folder(path.parent)
-    return path
 
 
 def _add_note(error: BaseException, note: str) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -183,42 +182,23 @@ def aggregate(results: Sequence[dict[str, Any]], *, resamples: int = DEFAULT_RES
     return Table(benchmarks[0], scores, mean, low, high, clips, errors, resamples, seed, confidence)
 
 
-def _replace(temporary: Path, path: Path) -> None:
-    """Move ``temporary`` (a file or folder) to ``path``, replacing what is there."""
-    if path.is_dir() and not path.is_symlink():
-        old = path.with_name(f".{path.name}.old.{os.getpid()}")
-        os.replace(path, old)
-        os.replace(temporary, path)
-        shutil.rmtree(old)
-    else:
-        os.replace(temporary, path)
-
-
 def write_outputs(table: Table, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``table.md``, ``table.csv``, ``scores.nc`` and ``scores.zarr`` into ``out_dir``
-    (each atomically); returns ``{kind: path}``."""
+    (each atomically: :func:`vidinterp.trace_file.atomic_output`, ``atomic_folder`` for the zarr
+    store); returns ``{kind: path}``."""
+    from vidinterp.trace_file import atomic_folder, atomic_output
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "table.md", "csv": out / "table.csv", "netcdf": out / "scores.nc",
              "zarr": out / "scores.zarr"}
     dataset = table.scores.assign_attrs(bootstrap_resamples=table.resamples, bootstrap_seed=table.seed,
                                         confidence=table.confidence)
-    for kind, path in paths.items():
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            if kind == "markdown":
-                temporary.write_text(table.to_markdown())
-            elif kind == "csv":
-                temporary.write_text(table.to_csv())
-            elif kind == "netcdf":
-                dataset.to_netcdf(temporary, engine="h5netcdf")
-            else:
-                dataset.chunk({"clip": 256}).to_zarr(temporary, mode="w", consolidated=True, zarr_format=2)
-            _replace(temporary, path)
-        except BaseException:
-            if temporary.is_dir():
-                shutil.rmtree(temporary, ignore_errors=True)
-            else:
-                temporary.unlink(missing_ok=True)
-            raise
+    with atomic_output(paths["markdown"], what="writing the table") as temporary:
+        temporary.write_text(table.to_markdown())
+    with atomic_output(paths["csv"], what="writing the table") as temporary:
+        temporary.write_text(table.to_csv())
+    with atomic_output(paths["netcdf"], what="writing the per-clip scores") as temporary:
+        dataset.to_netcdf(temporary, engine="h5netcdf")
+    with atomic_folder(paths["zarr"], what="writing the per-clip scores") as temporary:
+        dataset.chunk({"clip": 256}).to_zarr(temporary, mode="w", consolidated=True, zarr_format=2)
     return paths
