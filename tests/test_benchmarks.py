@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,14 +10,11 @@ import torch
 from vidinterp.datasets.scoring import ALL_METRICS
 from vidinterp.testing.planted import planted_families
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes.py"
+from benchmark_scripts import load_benchmark
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("shapes_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("shapes.py")
 
 
 def test_benchmark_writes_a_table_with_every_method_and_the_random_baseline(tmp_path):
@@ -42,10 +37,7 @@ def test_benchmark_writes_a_table_with_every_method_and_the_random_baseline(tmp_
 
 
 def load_training_script():
-    spec = importlib.util.spec_from_file_location("train_shapes", SCRIPT.with_name("train_shapes.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("train_shapes.py")
 
 
 def test_object_weights_cover_each_object_and_a_two_pixel_margin():
@@ -77,9 +69,7 @@ def test_timestep_sampling_stays_in_range_and_logit_normal_favours_mid_noise():
 
 
 def test_planted_benchmark_writes_the_table_of_known_answers(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("planted_benchmark", SCRIPT.with_name("planted.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("planted.py")
     monkeypatch.setattr("sys.argv", ["planted.py", "--out", str(tmp_path / "planted")])
     module.main()
     result = json.loads((tmp_path / "planted.json").read_text())

@@ -10,10 +10,8 @@ Stated tolerances: with the default ``tol=1e-3`` the estimate is within ``1e-3``
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +22,8 @@ from torch.utils._pytree import tree_flatten
 from vidinterp.kernels import spectral
 from vidinterp.kernels.spectral import krylov_plan, second_eigenvalue_magnitude
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "lambda2_speed.py"
+from benchmark_scripts import load_benchmark
+
 TOKENS = 480
 TOL = 1e-3  # the default tol of stop="ritz"
 EASY = ("uniform", "moderate", "clustered")
@@ -33,10 +32,7 @@ EASY = ("uniform", "moderate", "clustered")
 @cache
 def bench():
     """The benchmark script, for its attention regimes (:func:`make_case`)."""
-    spec = importlib.util.spec_from_file_location("lambda2_speed_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lambda2_speed.py")
 
 
 @cache

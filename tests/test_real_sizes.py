@@ -4,9 +4,6 @@ tensors, the FLOPs a trace adds to one forward, and no ``P x P`` tensor allocate
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 import xarray as xr
@@ -15,7 +12,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from vidinterp.analysis import Analysis
 from vidinterp.testing.real_configs import REAL_MODELS, parameter_count, real_pipeline
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_sizes.py"
+from benchmark_scripts import load_benchmark
+
 
 #: Transformer parameter counts as the model cards / papers state them.
 PUBLISHED_PARAMETERS = {
@@ -30,10 +28,7 @@ PUBLISHED_PARAMETERS = {
 
 @pytest.fixture(scope="module")
 def real_sizes():
-    spec = importlib.util.spec_from_file_location("real_sizes_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("real_sizes.py")
 
 
 def test_published_configs_have_the_published_parameter_counts():

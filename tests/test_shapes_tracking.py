@@ -3,23 +3,18 @@ with a random-track and a zero-motion baseline (PCK at 8 px, TAP-Vid delta_avg).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "shapes.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def shapes():
-    spec = importlib.util.spec_from_file_location("shapes_benchmark_tracking", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("shapes.py")
 
 
 def test_track_metrics_of_exact_and_still_tracks(shapes):
