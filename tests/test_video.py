@@ -203,8 +203,8 @@ def test_same_aspect_only_resizes_and_equal_size_passes_through():
 def test_only_the_picked_images_of_a_folder_are_decoded(tmp_path, monkeypatch):
     folder = write_folder(tmp_path / "frames", square_frames(12))
     decoded = []
-    original = readers._pil_rgb
-    monkeypatch.setattr(readers, "_pil_rgb", lambda image: decoded.append(image.filename) or original(image))
+    original = readers.pil_rgb
+    monkeypatch.setattr(readers, "pil_rgb", lambda image: decoded.append(image.filename) or original(image))
     fit_video(folder, 3, 24, 32)
     assert [os.path.basename(name) for name in decoded] == ["frame0.png", "frame5.png", "frame11.png"]
 

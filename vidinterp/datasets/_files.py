@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from vidinterp.datasets.records import DatasetLayoutError
+from vidinterp.media.readers import pil_rgb
 
 __all__ = ["layout_error", "read_rgb", "read_rgb_frames", "read_label_png", "read_json", "read_id_list",
            "safe_clip_id", "clip_index", "unknown_clip", "indexed_clip", "list_caption", "words_of_name"]
@@ -31,7 +32,9 @@ def layout_error(path: str | Path, problem: str, layout: str) -> DatasetLayoutEr
 
 
 def read_rgb(path: Path, layout: str) -> np.ndarray:
-    """Decode one image file (JPEG, PNG, ...) to ``uint8 [H, W, 3]`` RGB.
+    """Decode one image file (JPEG, PNG, ...) to ``uint8 [H, W, 3]`` RGB as every vidinterp image
+    reader does (:func:`vidinterp.media.readers.pil_rgb`: 16-bit grey scaled to 8 bits,
+    transparency composited over black).
 
     Raises:
         DatasetLayoutError: the file is missing or cannot be decoded.
@@ -42,7 +45,7 @@ def read_rgb(path: Path, layout: str) -> np.ndarray:
         raise layout_error(path, "file not found", layout)
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+            return np.array(pil_rgb(image), dtype=np.uint8)
     except Exception as error:  # PIL raises many types for damaged files
         raise layout_error(path, f"cannot decode the image ({type(error).__name__}: {error})", layout) from error
 

@@ -36,7 +36,7 @@ import numpy as np
 from vidinterp.media.timing import NearestPicker, nearest_indices
 
 __all__ = ["VideoReadError", "VideoReadWarning", "ClipInfo", "Reader", "IndexedReader", "PyAVReader", "ImageFileReader", "FolderReader",
-           "ArrayReader", "open_reader", "natural_key", "IMAGE_SUFFIXES"]
+           "ArrayReader", "open_reader", "natural_key", "pil_rgb", "IMAGE_SUFFIXES"]
 
 #: Files a folder of frames may hold (others, and hidden files, are ignored).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -310,7 +310,7 @@ class PyAVReader(Reader):
 
 
 # ------------------------------------------------------------------ images (PIL)
-def _pil_rgb(image) -> np.ndarray:
+def pil_rgb(image) -> np.ndarray:
     """A PIL image -> ``uint8 [height, width, 3]``; transparency is composited over black."""
     if image.mode.startswith("I;16"):
         grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
@@ -382,7 +382,7 @@ class ImageFileReader(IndexedReader):
             for index in range(indices[-1] + 1):
                 with self.errors(f"decoding frame {index}"):
                     image.seek(index)
-                    frame = _pil_rgb(image) if index in wanted else None
+                    frame = pil_rgb(image) if index in wanted else None
                 if frame is not None:
                     if frame.shape[:2] != (self.info.height, self.info.width):
                         raise self.fail(f"frame {index} is {frame.shape[0]}x{frame.shape[1]}, the image "
@@ -439,7 +439,7 @@ class FolderReader(IndexedReader):
             file = self.files[index]
             with self.errors(f"decoding {file.name!r}"):
                 with Image.open(file) as image:
-                    frame = _pil_rgb(image)
+                    frame = pil_rgb(image)
             if frame.shape[:2] != (self.info.height, self.info.width):
                 raise self.fail(f"{file.name!r} decodes to {frame.shape[0]}x{frame.shape[1]}, its header said "
                                 f"{self.info.height}x{self.info.width}")
