@@ -218,7 +218,7 @@ def test_trace_method_compares_its_own_maps_and_names_unknown_ones(shapes):
                              ground_truth=clip)
     assert [a.text for a in figure.layout.annotations] == [a.text for a in direct.layout.annotations]
     np.testing.assert_array_equal(figure.data[-1].z, direct.data[-1].z)
-    with pytest.raises(ValueError, match="no maps named \\['dog_map'\\]"):
+    with pytest.raises(ValueError, match="no map 'dog_map'; the maps are \\['cross_attention', "):
         trace.plot_comparison(["dog_map"])
 
 

@@ -134,13 +134,10 @@ class Trace:
         side on the same frames, one panel per method, with a shared frame slider and a concept
         dropdown; ``ground_truth=`` puts each panel's scores in its title. Several traces:
         :func:`vidinterp.plotting.plot_comparison` with ``{title: trace}``."""
-        from vidinterp.plotting import MAP_DIMS, plot_comparison
+        from vidinterp.plotting import plot_comparison
+        from vidinterp.plotting.overlays import map_variables
 
-        names = list(methods) if methods is not None else [
-            name for name, variable in self.maps.data_vars.items() if variable.dims == MAP_DIMS]
-        missing = [name for name in names if name not in self.maps]
-        if missing or not names:
-            raise ValueError(f"no maps named {missing or names} in this trace; its maps are {list(self.maps.data_vars)}")
+        names = map_variables(self.maps, methods)
         return plot_comparison({name: self.maps[name] for name in names}, **{"video": self.video, **kwargs})
 
     def report(self, path: str | PathLike, figures: Any = None, **options: Any) -> Path:

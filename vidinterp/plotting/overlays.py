@@ -39,7 +39,7 @@ from vidinterp.plotting.animation import (
 )
 from vidinterp.plotting.style import DEFAULT_COLORSCALE, DEFAULT_OPACITY
 
-__all__ = ["plot_maps", "scale_maps", "upsample_map", "MAP_DIMS", "SCALES", "INTERPOLATIONS", "Scale", "Interpolation"]
+__all__ = ["plot_maps", "scale_maps", "upsample_map", "map_variables", "check_overlay_options", "MAP_DIMS", "SCALES", "INTERPOLATIONS", "Scale", "Interpolation"]
 
 MAP_DIMS = ("concept", "frame", "y", "x")
 SCALES = ("frame", "concept", "global")
@@ -99,7 +99,13 @@ def check_overlay_options(scale: str, interpolation: str, opacity: float) -> Non
         raise ValueError(f"opacity must be in [0, 1], got {opacity!r}")
 
 
-def _map_variables(maps: xr.Dataset, methods: Iterable[str] | None) -> list[str]:
+def map_variables(maps: xr.Dataset, methods: Iterable[str] | None) -> list[str]:
+    """The ``(concept, frame, y, x)`` map variables of ``maps`` to show: ``methods`` checked, or
+    every such variable.
+
+    Raises:
+        ValueError: no such variable, an unknown name, a variable of other dims, or no methods.
+    """
     if methods is None:
         chosen = [name for name in maps.data_vars if tuple(maps[name].dims) == MAP_DIMS]
         if not chosen:
@@ -159,7 +165,7 @@ def plot_maps(
     if isinstance(maps, xr.DataArray):
         maps = maps.to_dataset(name=maps.name or "map")
     check_overlay_options(scale, interpolation, opacity)
-    methods = _map_variables(maps, methods)
+    methods = map_variables(maps, methods)
     concepts = list(maps.concept.values) if concepts is None else list(concepts)
     unknown = [concept for concept in concepts if concept not in maps.concept.values]
     if unknown or not concepts:
