@@ -35,6 +35,7 @@ from vidinterp.sites import SiteVisit
 __all__ = [
     "Lambda2",
     "Lambda2Layers",
+    "default_threshold",
     "calibrate_layers",
     "save_layer_scores",
     "load_calibration",
@@ -115,11 +116,8 @@ class Lambda2(Analysis):
         trace calibration's ``threshold`` and layer scores when it has them (``threshold_source``
         ``"trace calibration"``), else the family's published threshold."""
         calibration = self.context.calibration
-        if "lambda2_threshold" in calibration:
-            attrs = {"threshold": float(calibration["lambda2_threshold"]), "threshold_source": "trace calibration"}
-        else:
-            attrs = {"threshold": float(lambda2_threshold(self.context.model)),
-                     "threshold_source": f"paper value for {self.context.model or 'an unnamed model'}"}
+        threshold, source = default_threshold(self.context)
+        attrs: dict[str, Any] = {"threshold": threshold, "threshold_source": source}
         if "lambda2" in calibration:
             scores = sorted((int(layer), float(score)) for layer, score in calibration["lambda2"].items())
             attrs["calibration_layers"] = [layer for layer, _ in scores]
@@ -184,6 +182,15 @@ def calibrate_layers(model: Any, prompts: Iterable[str], *, num_inference_steps:
     return scores
 
 
+def default_threshold(context: TraceContext) -> tuple[float, str]:
+    """``(threshold, source)`` of layer selection when none is given: the trace calibration's
+    ``"lambda2_threshold"`` (source ``"trace calibration"``), else the family's published value
+    (source ``"paper value for <model>"``; :func:`vidinterp.model_cards.lambda2_threshold`)."""
+    if "lambda2_threshold" in context.calibration:
+        return float(context.calibration["lambda2_threshold"]), "trace calibration"
+    return float(lambda2_threshold(context.model)), f"paper value for {context.model or 'an unnamed model'}"
+
+
 class Lambda2Layers(LayerSelector):
     """Layers whose lambda2 layer score exceeds ``threshold``.
 
@@ -206,9 +213,7 @@ class Lambda2Layers(LayerSelector):
     def bind(self, context: TraceContext) -> None:
         super().bind(context)
         scores, self.source = self._find_scores(context)
-        threshold = self.threshold
-        if threshold is None:  # a calibration may come with the threshold it was made for
-            threshold = float(context.calibration.get("lambda2_threshold", lambda2_threshold(context.model)))
+        threshold = self.threshold if self.threshold is not None else default_threshold(context)[0]
         if scores is not None:
             self.layers = sorted(layer for layer, score in scores.items() if score > threshold)
         elif model_card(context.model) is not None:
