@@ -126,7 +126,8 @@ def test_readme_lists_the_tiny_models():
 
 @pytest.mark.parametrize("model", readme_models())
 def test_command_runs_every_readme_model_on_a_real_clip(model, tmp_path, capsys):
-    from vidinterp.cli import _pipeline, main
+    from vidinterp.cli import main
+    from vidinterp.inputs import load_model
 
     concepts = ["red", "circle"]  # words the shapes model knows too
     assert main(["run", "--model", model, "--video", str(BUNNY), "--concepts", *concepts, "--steps", "4",
@@ -136,8 +137,8 @@ def test_command_runs_every_readme_model_on_a_real_clip(model, tmp_path, capsys)
     assert any("fitted video" in line and "132 frames at 720x1280" in line for line in notes), error
     loaded = vidinterp.Trace.load(tmp_path / "trace.nc")
     assert list(loaded.maps.concept.values) == concepts
-    assert loaded.video.shape == (*adapter_for(_pipeline(model)).default_geometry(), 3)
-    if not adapter_for(_pipeline(model)).has_concept_stream:  # concepts are prompt words: a prompt was built, said so
+    assert loaded.video.shape == (*adapter_for(load_model(model)).default_geometry(), 3)
+    if not adapter_for(load_model(model)).has_concept_stream:  # concepts are prompt words: a prompt was built, said so
         assert any("prompting with 'red circle'" in line for line in notes), error
         assert loaded.maps.attrs["prompt"] == "red circle"
 
